@@ -1,0 +1,35 @@
+# Two commands a newcomer needs:  `make demo`  and  `make test`.
+# The virtual environment is cached outside the clone, keyed by a hash of requirements.txt,
+# so a second clone (or CI) does not reinstall 3 GB. Override with `make VENV=.venv ...`.
+PYTHON_BOOT ?= python3
+REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+VENV ?= $(HOME)/.cache/abaw2-lfaf/venv-$(REQ_HASH)
+PY := $(VENV)/bin/python
+DEMO_DIR ?= demo_workspace
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test lint bench clean-demo
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) demo.py --workspace $(DEMO_DIR)
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,1 @@
+"""Library code of the pipeline: data, features, training, evaluation (scripts only wire it)."""

@@ -1,0 +1,409 @@
+"""Every knob of the project, as frozen dataclasses with defaults.
+
+Resolution order (nanoGPT style): dataclass defaults, then a JSON/YAML config file, then the
+command line. Unknown keys and values of the wrong type are rejected with the key's name.
+The resolved config is written into every run folder and every checkpoint (``save_config``).
+
+Sections:
+    DemoConfig      the embedded demo database (``preprocessing.py --make-demo``)
+    FeatureConfig   preprocessing: frame size, audio rate, openSMILE, VGGish
+    ModelConfig     the 2d1d visual block, aural TCNs and leader-follower fusion (SPEC §4)
+    TrainConfig     the authors' training recipe (SPEC §5) and run bookkeeping
+
+Field names are unique across sections, so that every field is also a flat ``--kebab-case``
+command-line flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from base.errors import UserError
+
+
+class Modality(str, enum.Enum):
+    """Input streams a model can read; the value is the npy file stem on disk (SPEC §2, §9)."""
+
+    FRAME = "frame"
+    VGGISH = "vggish"
+    MFCC = "mfcc"
+    EGEMAPS = "egemaps"
+    LANDMARK = "flm"
+    ACTION_UNIT = "fau"
+
+    @property
+    def file_stem(self) -> str:
+        return MODALITY_FILE_STEM[self]
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of one time step of this modality (frames are images: 0)."""
+        return MODALITY_FEATURE_DIM[self]
+
+
+MODALITY_FILE_STEM = {
+    Modality.FRAME: "frame",
+    Modality.VGGISH: "vggish",
+    Modality.MFCC: "mfcc",
+    Modality.EGEMAPS: "egemaps",
+    Modality.LANDMARK: "landmark",
+    Modality.ACTION_UNIT: "au",
+}
+
+MODALITY_FEATURE_DIM = {
+    Modality.FRAME: 0,
+    Modality.VGGISH: 128,
+    Modality.MFCC: 39,
+    Modality.EGEMAPS: 23,
+    Modality.LANDMARK: 136,
+    Modality.ACTION_UNIT: 17,
+}
+
+EMOTIONS = ("valence", "arousal")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """A small database in the exact Aff-Wild2 layout whose faces and sounds carry the labels."""
+
+    demo_seed: int = 0
+    demo_fps: float = 10.0  # frames per second of every demo video
+    demo_n_train_videos: int = 6  # one of them has two people (_left/_right trials)
+    demo_n_validation_videos: int = 2
+    demo_n_test_videos: int = 2
+    demo_min_seconds: float = 24.0
+    demo_max_seconds: float = 36.0
+    demo_video_size: int = 160  # square video side, pixels
+    demo_face_size: int = 112  # cropped_aligned jpg side, pixels (as Aff-Wild2)
+    demo_missing_face_rate: float = 0.03  # fraction of frames whose jpg is missing
+    demo_unlabeled_rate: float = 0.05  # fraction of frames annotated -5
+    demo_sample_rate: int = 16000  # Hz of the generated audio track
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Preprocessing settings (SPEC §2, §3)."""
+
+    frame_size: int = 48  # side of the stored face crops, pixels
+    sample_rate: int = 16000  # Hz of the extracted wav
+    opensmile_hop_s: float = 0.01  # openSMILE frame step
+    vggish_batch_size: int = 256  # patches per VGGish forward pass (bounds memory)
+    vggish_checkpoint: str = ""  # vggish_model.ckpt of the AudioSet release
+    vggish_pca_params: str = ""  # vggish_pca_params.npz (kept for completeness; embedding is pre-PCA)
+    jobs: int = 1  # worker processes over videos
+    max_label_frame_mismatch: float = 0.1  # tolerated |labels - video frames| / video frames
+    openface_bin: str = ""  # OpenFace FeatureExtraction binary (optional)
+    openface_output: str = ""  # folder of existing OpenFace CSVs (optional)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The 2d1d model and the leader-follower attentive fusion (SPEC §4)."""
+
+    model_name: str = "2d1d"
+    modality: tuple[str, ...] = ("frame", "vggish", "mfcc")
+    emotion: str = "valence"  # valence, arousal or both
+    head: str = "sh"  # sh: single-headed; mh: multi-headed (both outputs, chosen one x10)
+    backbone_mode: str = "ir"  # ir or ir_se
+    backbone_checkpoint: str = ""  # res50_ir_0.887.pth or a bare backbone state dict
+    random_backbone: bool = False  # allow random backbone weights when no checkpoint is given
+    crop_size: int = 40  # input side of the backbone
+    cnn1d_embedding_dim: int = 512
+    cnn1d_channels: tuple[int, ...] = (128, 128, 128, 128)
+    aural_channels: tuple[int, ...] = (32, 32, 32, 32)
+    cnn1d_kernel_size: int = 5
+    cnn1d_dropout: float = 0.1
+    fusion_dim: int = 32  # key/query/value width of the attentive fusion
+    fusion_quirk: bool = False  # reproduce the authors' query/value-from-key defect
+    backbone_chunk_size: int = 512  # frames per backbone pass (bounds memory on long windows)
+    follower_mode: str = "fusion"  # how flm/fau enter: as fusion followers
+
+    @property
+    def output_dim(self) -> int:
+        return 2 if (self.emotion == "both" or self.head == "mh") else 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The authors' recipe (SPEC §5) and the bookkeeping of a run."""
+
+    dataset_path: str = ""
+    save_path: str = "runs"
+    experiment_name: str = "ABAW2"
+    stamp: str = "test"
+    fold: tuple[int, ...] = (0,)
+    window_length: int = 300
+    hop_length: int = 200
+    batch_size: int = 8
+    learning_rate: float = 1e-5
+    min_learning_rate: float = 1e-6
+    weight_decay: float = 1e-3
+    num_epochs: int = 100
+    min_num_epochs: int = 0
+    early_stopping: int = 20
+    patience: int = 5
+    factor: float = 0.1
+    gradual_release: bool = True
+    release_count: int = 3
+    load_best_at_each_epoch: bool = True
+    time_delay: int = 0
+    multi_head_weight: float = 10.0
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    num_workers: int = 0
+    resume: bool = False
+    debug: int = 0  # number of trials to load per partition; 0 = all
+    save_model: bool = True
+    n_plot_trials: int = 3
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def demo_overrides() -> dict[str, Any]:
+    """The small recipe that trains the demo on 2 CPU cores in minutes (the paper's is for GPUs)."""
+    return {
+        "train": {
+            "learning_rate": 1e-3,
+            "min_learning_rate": 1e-5,
+            "num_epochs": 8,
+            "early_stopping": 8,
+            "patience": 2,
+            "batch_size": 4,
+            "stamp": "demo",
+        },
+        "model": {"random_backbone": True},
+    }
+
+
+# ----------------------------------------------------------------------------- type checking
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against ``annotation``; lists become tuples; ints are accepted as floats."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(key, item, item_type) for item in value)
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError("unions are not used in configs")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):  # the authors' flags are 0/1
+            return bool(value)
+        raise UserError(f"config key '{key}' must be true/false (or 0/1), got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"config key '{key}' must be a number, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {annotation!r}")
+
+
+def replace_section(section: Any, overrides: Mapping[str, Any], prefix: str = "") -> Any:
+    """A copy of one section dataclass with ``overrides`` applied after checking keys and types."""
+    hints = _field_types(type(section))
+    changes = {}
+    for key, value in overrides.items():
+        if key not in hints:
+            raise UserError(f"unknown config key '{prefix}{key}'")
+        changes[key] = _coerce(prefix + key, value, hints[key])
+    return dataclasses.replace(section, **changes)
+
+
+FLAT_KEYS: dict[str, str] = {}  # field name -> section name
+
+
+def _build_flat_keys() -> None:
+    for section in SECTIONS:
+        cls = _field_types(Config)[section]
+        for f in dataclasses.fields(cls):
+            assert f.name not in FLAT_KEYS, f"duplicate config field {f.name}"
+            FLAT_KEYS[f.name] = section
+
+
+_build_flat_keys()
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Apply nested (``{"train": {...}}``) or flat (``{"batch_size": 4}``) overrides."""
+    per_section: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if key in SECTIONS:
+            if not isinstance(value, Mapping):
+                raise UserError(f"config section '{key}' must be a mapping of keys to values")
+            per_section.setdefault(key, {}).update(value)
+        elif key in FLAT_KEYS:
+            per_section.setdefault(FLAT_KEYS[key], {})[key] = value
+        else:
+            raise UserError(f"unknown config key '{key}'")
+    changes = {
+        section: replace_section(getattr(config, section), values, prefix=f"{section}.")
+        for section, values in per_section.items()
+    }
+    return validate(dataclasses.replace(config, **changes))
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks that a type alone cannot express."""
+    m, t = config.model, config.train
+    valid_modalities = {mod.value for mod in Modality}
+    for name in m.modality:
+        if name not in valid_modalities:
+            raise UserError(
+                f"config key 'modality': unknown modality '{name}' "
+                f"(choose from {', '.join(sorted(valid_modalities))})"
+            )
+    if not m.modality:
+        raise UserError("config key 'modality' needs at least one modality")
+    if m.emotion not in (*EMOTIONS, "both"):
+        raise UserError(f"config key 'emotion' must be valence, arousal or both, got '{m.emotion}'")
+    if m.head not in ("sh", "mh"):
+        raise UserError(f"config key 'head' must be sh or mh, got '{m.head}'")
+    if m.backbone_mode not in ("ir", "ir_se"):
+        raise UserError(f"config key 'backbone_mode' must be ir or ir_se, got '{m.backbone_mode}'")
+    for fold in t.fold:
+        if not 0 <= fold <= 5:
+            raise UserError(f"config key 'fold': fold {fold} is outside 0-5")
+    if t.hop_length <= 0 or t.window_length <= 0 or t.hop_length > t.window_length:
+        raise UserError("config keys 'window_length'/'hop_length' need 0 < hop <= window")
+    if t.batch_size <= 0:
+        raise UserError("config key 'batch_size' must be positive")
+    return config
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict of overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error is the user's file
+        raise UserError(f"config file {path} could not be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict`` output (e.g. one stored in a checkpoint)."""
+    return apply_overrides(Config(), data)
+
+
+def save_config(config: Config, run_dir: str | Path, name: str = "config.json") -> Path:
+    """Write the resolved config into ``run_dir`` (atomically) and return its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / name
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
+    tmp.replace(target)
+    return target
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    sections: tuple[str, ...] = SECTIONS,
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Add ``--kebab-case`` flags (and single-dash aliases) for every field of ``sections``.
+
+    Flags default to ``argparse.SUPPRESS`` so that only what the user typed overrides the config.
+    """
+    aliases = aliases or {}
+    parser.add_argument(
+        "--config", "-config", dest="config_file", default=None, metavar="FILE",
+        help="JSON or YAML file of config overrides (the command line overrides it)",
+    )
+    defaults = Config()
+    for section in sections:
+        group = parser.add_argument_group(f"{section} settings")
+        section_obj = getattr(defaults, section)
+        hints = _field_types(type(section_obj))
+        for f in dataclasses.fields(section_obj):
+            annotation = hints[f.name]
+            names = [f"--{_kebab(f.name)}", *aliases.get(f.name, ())]
+            default = getattr(section_obj, f.name)
+            kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+            if typing.get_origin(annotation) is tuple:
+                (item_type,) = typing.get_args(annotation)[:1]
+                kwargs.update(nargs="+", type=item_type, metavar=f.name.upper())
+                shown = " ".join(map(str, default))
+            elif annotation is bool:
+                kwargs.update(type=_parse_bool, metavar="0|1")
+                shown = str(int(default))
+            else:
+                kwargs.update(type=annotation, metavar=f.name.upper())
+                shown = str(default) if default != "" else "''"
+            group.add_argument(*names, help=f"(default: {shown})", **kwargs)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0/1 or true/false, got {text!r}")
+
+
+def resolve(args: argparse.Namespace, base: Config | None = None,
+            extra: Mapping[str, Any] | None = None) -> Config:
+    """Defaults (or ``base``) <- ``extra`` <- the config file named by ``--config`` <- flags."""
+    config = base or Config()
+    if extra:
+        config = apply_overrides(config, extra)
+    config_file = getattr(args, "config_file", None)
+    if config_file:
+        config = apply_overrides(config, load_config_file(config_file))
+    flags = {k: v for k, v in vars(args).items() if k in FLAT_KEYS}
+    return apply_overrides(config, flags)
