@@ -159,6 +159,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     num_workers: int = 0
+    cpu_threads: int = 0  # torch CPU threads (the authors' -cpu N); 0 keeps torch's default
     resume: bool = False
     debug: int = 0  # number of trials to load per partition; 0 = all
     save_model: bool = True

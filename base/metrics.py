@@ -1,0 +1,184 @@
+"""Agreement metrics, the CCC loss and the CCC-centering fusion of fold predictions (SPEC §5, §6).
+
+Convention: population statistics (divide by N) everywhere, in numpy and torch, in the loss and in
+the metric, as AVEC and ``audmetric.concordance_cc``:
+
+    CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from configs import EMOTIONS
+
+LOSS_EPS = 1e-8  # added to the loss denominator: keeps 1 - CCC differentiable for constant windows
+METRIC_NAMES = ("ccc", "pcc", "rmse")
+
+
+def _pair(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"sequences differ in length: {x.size} vs {y.size}")
+    return x, y
+
+
+def ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """Concordance correlation coefficient of two sequences (population statistics).
+
+    Returns 0.0 where it is undefined (both sequences constant and equal, or fewer than 2 values),
+    so that a collapsed model never looks good when selecting epochs.
+
+    >>> ccc([1, 2, 3], [3, 2, 1])
+    -1.0
+    """
+    x, y = _pair(x, y)
+    if x.size < 2:
+        return 0.0
+    dx, dy = x - x.mean(), y - y.mean()
+    covariance = np.dot(dx, dy) / x.size
+    denominator = np.dot(dx, dx) / x.size + np.dot(dy, dy) / x.size + (x.mean() - y.mean()) ** 2
+    return float(2 * covariance / denominator) if denominator > 0 else 0.0
+
+
+def pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation coefficient; 0.0 when either sequence is constant."""
+    x, y = _pair(x, y)
+    dx, dy = x - x.mean(), y - y.mean()
+    norm = np.sqrt(np.dot(dx, dx) * np.dot(dy, dy))
+    return float(np.dot(dx, dy) / norm) if norm > 0 else 0.0
+
+
+def rmse(x: np.ndarray, y: np.ndarray) -> float:
+    """Root mean squared error."""
+    x, y = _pair(x, y)
+    return float(np.sqrt(np.mean(np.square(x - y))))
+
+
+def all_metrics(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """``{'ccc', 'pcc', 'rmse'}`` of one sequence."""
+    return {"ccc": ccc(prediction, label), "pcc": pearson(prediction, label), "rmse": rmse(prediction, label)}
+
+
+def _label_column(labels: np.ndarray, emotions: Sequence[str], j: int) -> np.ndarray:
+    # label arrays hold both emotions (valence, arousal) unless they were cut to the predicted ones
+    if labels.shape[1] == len(EMOTIONS) and len(emotions) != len(EMOTIONS):
+        return labels[:, EMOTIONS.index(emotions[j])]
+    return labels[:, j]
+
+
+def evaluate_partition(
+    preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], emotions: Sequence[str]
+) -> dict:
+    """Metrics of a partition, over all its trials concatenated and per trial.
+
+    Args:
+        preds: trial -> (n, C) predictions; column j is ``emotions[j]``.
+        labels: trial -> (n, 2) labels (valence, arousal) or (n, C) in the order of ``emotions``.
+        emotions: names of the predicted columns, e.g. ``("valence",)`` or ``("valence", "arousal")``.
+
+    Returns:
+        ``{emotion: {'ccc', 'pcc', 'rmse'}, ..., 'per_trial': {trial: {emotion: {'ccc', 'pcc', 'rmse'}}}}``;
+        the emotion entries are computed on the concatenation of the trials (in sorted order).
+    """
+    trials = sorted(preds)
+    missing = [t for t in trials if t not in labels]
+    if missing:
+        raise ValueError(f"no labels for trials {missing[:3]}")
+    columns: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {e: ([], []) for e in emotions}
+    per_trial: dict[str, dict[str, dict[str, float]]] = {}
+    for trial in trials:
+        pred = np.asarray(preds[trial], dtype=np.float64).reshape(len(preds[trial]), -1)  # (n, C)
+        label = np.asarray(labels[trial], dtype=np.float64).reshape(len(labels[trial]), -1)  # (n, 2|C)
+        if len(pred) != len(label):
+            raise ValueError(f"trial {trial}: {len(pred)} predictions for {len(label)} labels")
+        per_trial[trial] = {}
+        for j, emotion in enumerate(emotions):
+            truth = _label_column(label, emotions, j)
+            per_trial[trial][emotion] = all_metrics(pred[:, j], truth)
+            columns[emotion][0].append(pred[:, j])
+            columns[emotion][1].append(truth)
+    result: dict = {
+        emotion: all_metrics(np.concatenate(p or [np.zeros(0)]), np.concatenate(t or [np.zeros(0)]))
+        for emotion, (p, t) in columns.items()
+    }
+    result["per_trial"] = per_trial
+    return result
+
+
+def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over windows of 1 - CCC over each window's valid frames (population statistics).
+
+    Args:
+        pred: (B, T) predictions.
+        target: (B, T) labels.
+        mask: (B, T) bool, True on real frames (False on padding); default all True.
+
+    Returns:
+        Scalar loss. Windows without any valid frame are left out. ``LOSS_EPS`` is added to the
+        denominator, so the gradient stays finite when a window's prediction is constant.
+    """
+    if mask is None:
+        mask = torch.ones_like(pred, dtype=torch.bool)
+    weight = mask.to(pred.dtype)  # (B, T)
+    n_valid = weight.sum(dim=1)  # (B,)
+    keep = n_valid > 0
+    pred, target, weight, n_valid = pred[keep], target[keep], weight[keep], n_valid[keep]
+    if pred.shape[0] == 0:
+        return pred.sum() * 0.0  # no valid frame: zero loss, still part of the graph
+    mean_pred = (pred * weight).sum(dim=1) / n_valid  # (B,)
+    mean_target = (target * weight).sum(dim=1) / n_valid  # (B,)
+    d_pred = (pred - mean_pred[:, None]) * weight  # (B, T), zero on padding
+    d_target = (target - mean_target[:, None]) * weight
+    covariance = (d_pred * d_target).sum(dim=1) / n_valid
+    var_pred = d_pred.square().sum(dim=1) / n_valid
+    var_target = d_target.square().sum(dim=1) / n_valid
+    concordance = 2 * covariance / (var_pred + var_target + (mean_pred - mean_target).square() + LOSS_EPS)
+    return (1 - concordance).mean()
+
+
+def ccc_centering(predictions: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """Fuse K predictions of one sequence by CCC centering (the AVEC gold-standard method).
+
+    With p_k the prediction of fold k and m_k its mean:
+
+        w_k = max(0, mean over j != k of CCC(p_k, p_j))     agreement of fold k with the others
+        M   = sum_k w_k m_k / sum_k w_k                       agreement-weighted mean
+        fused = mean_k (p_k - m_k) + M  = mean_k (p_k - m_k + M)
+
+    i.e. every fold's prediction is shifted by its mean, the agreement-weighted mean is added back
+    and the shifted predictions are averaged. Negative agreements count as 0. When every weight is 0,
+    M falls back to the plain mean of the m_k, so the result is the plain average of the p_k. With
+    K = 2 both weights are equal, so the result is always the plain average; K = 1 returns p_0.
+
+    Args:
+        predictions: (K, N) predictions of K folds for one trial (one emotion).
+        clip: optional (low, high) bounds applied to the result, e.g. (-1, 1).
+
+    Returns:
+        (N,) fused prediction, float64.
+    """
+    predictions = np.asarray(predictions, dtype=np.float64)
+    if predictions.ndim != 2:
+        raise ValueError(f"expected (K, N) predictions, got shape {predictions.shape}")
+    n_folds = predictions.shape[0]
+    if n_folds == 1:
+        fused = predictions[0].copy()
+    else:
+        means = predictions.mean(axis=1)  # (K,)
+        agreement = np.array([[ccc(predictions[k], predictions[j]) for j in range(n_folds)]
+                              for k in range(n_folds)])  # (K, K)
+        off_diagonal = ~np.eye(n_folds, dtype=bool)
+        weights = np.clip(agreement[off_diagonal].reshape(n_folds, n_folds - 1).mean(axis=1), 0.0, None)
+        if weights.sum() > 0:
+            weighted_mean = float(np.dot(weights, means) / weights.sum())
+        else:
+            weighted_mean = float(means.mean())
+        fused = (predictions - means[:, None]).mean(axis=0) + weighted_mean  # (N,)
+    if clip is not None:
+        fused = np.clip(fused, *clip)
+    return fused

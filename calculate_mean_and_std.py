@@ -1,0 +1,46 @@
+"""Write ``mean_std_dict.pkl``: scalar mean/std of each audio feature per fold and partition.
+
+Usage:
+    python calculate_mean_and_std.py --output PROCESSED_DATASET [--features mfcc vggish ...] [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from base.errors import run_cli, setup_logging
+from base.processed import MEAN_STD, ProcessedDataset
+from base.safe_pickle import save_pickle
+from base.statistics import compute_mean_std
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--output", "--dataset-path", "-dataset_path", dest="output", required=True, metavar="DIR",
+        help="the processed dataset folder (holds dataset_info.pkl and npy_data/); the result is written there",
+    )
+    parser.add_argument(
+        "--features", nargs="+", default=None, metavar="STEM",
+        help="feature file stems (default: mfcc egemaps vggish, plus landmark au when present)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    dataset = ProcessedDataset(args.output)
+    statistics = compute_mean_std(dataset, args.features, quiet=args.quiet)
+    path = save_pickle(statistics, dataset.root / MEAN_STD)
+    logger.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,180 @@
+"""Backbone weights: one loader for the authors' file, bare state dicts and our checkpoints.
+
+Accepted files (all read with ``torch.load(..., weights_only=True)``):
+
+* the authors' ``res50_ir_0.887.pth``: keys ``backbone.*`` plus an 8-class ``logits.*`` head
+  (the head is ignored);
+* a bare backbone state dict: keys ``input_layer.*``, ``body.N.*``, ``output_layer.*``;
+* a checkpoint of this project: ``{"model": <model state dict>, ...}``, whose ``backbone.*``
+  entries are the backbone (every model keeps it under the attribute ``backbone``).
+
+Keys must match exactly; anything else is a ``UserError`` naming the missing, unexpected or
+mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from base.errors import UserError
+from model.ir50 import EMBEDDING_DIM, IR50, BackboneMode
+
+logger = logging.getLogger(__name__)
+
+AUTHORS_PREFIX = "backbone."
+AUTHORS_HEAD_PREFIX = "logits."
+WRAPPER_PREFIXES = ("module.",)  # nn.DataParallel
+N_KEYS_SHOWN = 3
+
+MISSING_WEIGHTS_HELP = (
+    "no backbone weights were given: the paper's model starts from the authors' IR-50 "
+    "'res50_ir_0.887.pth', whose download link is dead (their GitHub issue #7); pass "
+    "--backbone-checkpoint FILE (that file, a bare IR-50 state dict or a checkpoint of this project), "
+    "or --random-backbone to train from random backbone weights (much worse results on real data)"
+)
+
+
+def load_backbone(
+    path: str | Path | None,
+    mode: BackboneMode | str = BackboneMode.IR,
+    allow_random: bool = False,
+    input_size: int = 40,
+) -> IR50:
+    """Build an IR-50 backbone and load its weights from ``path``.
+
+    Args:
+        path: a weights file (see the module docstring), or None / "" for no file.
+        mode: ``"ir"`` or ``"ir_se"``; must match the file.
+        allow_random: with no file, return random weights instead of raising.
+        input_size: face side in pixels (40 for the paper's model, 112 for ArcFace's).
+
+    Returns:
+        The backbone, in eval mode.
+
+    Raises:
+        UserError: no file and ``allow_random`` is false; the file is missing, unreadable or holds
+            weights of another architecture or mode.
+    """
+    backbone = IR50(mode, input_size=input_size).eval()
+    if not path:
+        if not allow_random:
+            raise UserError(MISSING_WEIGHTS_HELP)
+        logger.warning("backbone: random %s weights (no checkpoint given)", backbone.mode.value)
+        return backbone
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"backbone checkpoint {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
+        raise UserError(
+            f"backbone checkpoint {path} could not be read: it is truncated or not a PyTorch weights file "
+            f"({type(exc).__name__})"
+        ) from None
+    state = backbone_state_dict(loaded, path)
+    check_state_dict(backbone, state, path)
+    backbone.load_state_dict(_with_default_counters(backbone, state), strict=True)
+    logger.info("backbone: %s weights from %s", backbone.mode.value, path)
+    return backbone
+
+
+def backbone_state_dict(loaded: object, path: Path | str = "<memory>") -> dict[str, torch.Tensor]:
+    """The bare backbone state dict inside any accepted file content (see the module docstring)."""
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"backbone checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    if isinstance(loaded.get("model"), Mapping):  # a checkpoint of this project
+        model_state = loaded["model"]
+        state = _strip(model_state, AUTHORS_PREFIX)
+        if not state:
+            raise UserError(
+                f"checkpoint {path} holds a model without a backbone (no 'backbone.*' keys): "
+                "it was trained without the frame modality"
+            )
+        return state
+    state = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(key.startswith(prefix) for key in state):
+            state = _strip(state, prefix)
+    if any(key.startswith(AUTHORS_PREFIX) for key in state):  # the authors' wrapper
+        return _strip(state, AUTHORS_PREFIX)
+    return state
+
+
+def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _is_counter(key: str) -> bool:
+    # Files saved before PyTorch 0.4.1 have no BatchNorm batch counters; they carry no weights.
+    return key.endswith("num_batches_tracked")
+
+
+def _with_default_counters(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    expected = backbone.state_dict()
+    return {**{k: v for k, v in expected.items() if _is_counter(k)}, **state}
+
+
+def _show(keys: list[str]) -> str:
+    shown = ", ".join(keys[:N_KEYS_SHOWN])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > N_KEYS_SHOWN else ''})"
+
+
+def check_state_dict(backbone: IR50, state: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Raise a ``UserError`` unless ``state`` fits ``backbone`` key for key and shape for shape."""
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state and not _is_counter(k)]
+    unexpected = [k for k in state if k not in expected]
+    mode = backbone.mode.value
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_show(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_show(unexpected)}")
+        hint = _mode_hint(backbone, state)
+        raise UserError(
+            f"backbone checkpoint {path} does not fit the IR-50 '{mode}' backbone: "
+            f"{'; '.join(problems)}{hint}"
+        )
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if mismatched:
+        raise UserError(
+            f"backbone checkpoint {path} does not fit the IR-50 '{mode}' backbone for "
+            f"{backbone.input_size}x{backbone.input_size} faces: shapes differ (file vs model) for "
+            f"{_show(mismatched)}; check --crop-size and --backbone-mode"
+        )
+
+
+def _mode_hint(backbone: IR50, state: Mapping[str, torch.Tensor]) -> str:
+    has_se = any(".fc1." in key for key in state)
+    looks_like_ir50 = any(key.startswith("body.23.") for key in state)
+    if not looks_like_ir50:
+        return ""
+    if has_se and backbone.mode is BackboneMode.IR:
+        return "; the file looks like an 'ir_se' backbone: pass --backbone-mode ir_se"
+    if not has_se and backbone.mode is BackboneMode.IR_SE:
+        return "; the file looks like an 'ir' backbone: pass --backbone-mode ir"
+    return ""
+
+
+def save_authors_checkpoint(backbone: IR50, path: str | Path, n_classes: int = 8) -> Path:
+    """Write ``backbone`` in the authors' key layout (``backbone.*`` plus a ``logits`` head).
+
+    The head is a freshly initialised ``Linear(512, n_classes)``; the loader ignores it.
+    """
+    head = nn.Linear(EMBEDDING_DIM, n_classes)
+    state = {f"{AUTHORS_PREFIX}{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"{AUTHORS_HEAD_PREFIX}{k}": v for k, v in head.state_dict().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

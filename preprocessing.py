@@ -1,0 +1,99 @@
+"""Preprocess an Aff-Wild2-style database into the authors' per-trial npy format, or make the demo one.
+
+Examples:
+    python preprocessing.py --make-demo demo_workspace/Affwild2 --seed 0
+    python preprocessing.py --database /data/Affwild2 --output /data/Affwild2_processed --jobs 8 \\
+        --vggish-checkpoint vggish_model.ckpt --vggish-pca-params vggish_pca_params.npz
+
+VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``);
+nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
+real checkpoint format are created then, and the log and dataset_info.pkl say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import configs
+from base.errors import UserError, run_cli, setup_logging
+
+log = logging.getLogger("preprocessing")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--make-demo", metavar="DIR", help="write the demo database (SPEC §1 layout) to DIR and exit")
+    parser.add_argument("--database", "-database", metavar="DIR", help="root of the raw database (annotations/, cropped_aligned/, raw_video/, Test_Set/)")
+    parser.add_argument("--output", "-output", metavar="OUT", help="folder for dataset_info.pkl and npy_data/ (created; reruns resume)")
+    parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.cache (wav and per-video features) after success")
+    parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    configs.add_config_arguments(parser, sections=("demo", "features"),
+                                 aliases={"demo_seed": ("--seed", "-seed"), "jobs": ("-j",)})
+    return parser
+
+
+def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path):
+    from base.demo import MARKER
+    from base.preprocess import VggishSource
+    from vggish import checkpoint as vggish_checkpoint
+
+    if features.vggish_checkpoint:
+        vggish_checkpoint.check_checkpoint(features.vggish_checkpoint)
+        if features.vggish_pca_params:
+            vggish_checkpoint.check_pca_params(features.vggish_pca_params)
+        return VggishSource(features.vggish_checkpoint, features.vggish_pca_params or None, random_weights=False)
+    if not (database / MARKER).is_file():
+        raise UserError(
+            "VGGish needs --vggish-checkpoint vggish_model.ckpt (and optionally --vggish-pca-params "
+            "vggish_pca_params.npz) from the AudioSet VGGish release; only the demo database runs without them"
+        )
+    path = output / "vggish_random" / "vggish_model.ckpt"
+    if not Path(str(path) + ".index").is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vggish_checkpoint.write_random_checkpoint(str(path), seed=0)
+    log.warning("=" * 72)
+    log.warning("DEMO: VGGish runs with RANDOM weights (%s); its features carry no AudioSet knowledge", path)
+    log.warning("=" * 72)
+    return VggishSource(str(path), None, random_weights=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.quiet)
+    config = configs.resolve(args)
+    if args.make_demo:
+        from base.demo import make_demo_database
+
+        root = make_demo_database(args.make_demo, config.demo, quiet=args.quiet)
+        log.info("demo database ready: %s", root)
+        return 0
+    if not args.database or not args.output:
+        parser.error("give --database DIR and --output OUT (or --make-demo DIR)")
+    from base.preprocess import SUMMARY_NAME, preprocess_database
+
+    database, output = Path(args.database), Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
+    if not database.is_dir():
+        raise UserError(f"database folder {database} does not exist")
+    vggish_source = resolve_vggish(config.features, database, output)
+    results = preprocess_database(database, output, config.features, vggish_source,
+                                  quiet=args.quiet, keep_cache=args.keep_cache)
+    skipped = [r for r in results if r.status == "skipped"]
+    ok = len(results) - len(skipped)
+    log.info("%d trials ready in %s, %d skipped; summary: %s", ok, output / "npy_data", len(skipped),
+             output / SUMMARY_NAME)
+    if skipped:
+        print(f"warning: {len(skipped)} of {len(results)} trials skipped (see {output / SUMMARY_NAME})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny real media made on the fly (ffmpeg-encoded videos with sound, jpg folders with
+gaps, annotation files) and a small demo database, built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from base import demo  # noqa: E402
+from configs import DemoConfig  # noqa: E402
+
+TINY_FPS = 10.0
+TINY_SAMPLE_RATE = 16000
+
+# A demo small enough for the test suite: 2 + 1 + 1 short videos (one two-person video).
+SMALL_DEMO = DemoConfig(demo_n_train_videos=2, demo_n_validation_videos=1, demo_n_test_videos=1,
+                        demo_min_seconds=4.0, demo_max_seconds=6.0)
+
+
+def make_tiny_video(path: Path, seconds: float = 3.0, fps: float = TINY_FPS, with_audio: bool = True,
+                    seed: int = 0) -> np.ndarray:
+    """Encode a real video of a face with a voice; returns its (n_frames, 2) labels."""
+    rng = np.random.default_rng(seed)
+    n_frames = int(round(seconds * fps))
+    labels = demo.make_labels(rng, n_frames, fps)
+    identity = demo.random_identity(rng)
+    frames = np.stack([demo.render_face(float(v), float(a), 96, identity) for v, a in labels])
+    audio = demo.synthesize_voice(labels, fps, TINY_SAMPLE_RATE, rng) if with_audio else None
+    container = path.suffix.lstrip(".")
+    demo.encode_video(frames, audio, TINY_SAMPLE_RATE, fps, path, container)
+    return labels
+
+
+def write_annotation_file(path: Path, rows: list[str], header: str = "valence,arousal") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+@pytest.fixture
+def tiny_mp4(tmp_path: Path) -> Path:
+    """A 3-second 10 fps mp4 (libx264 + aac) with an audio track."""
+    path = tmp_path / "tiny.mp4"
+    make_tiny_video(path)
+    return path
+
+
+@pytest.fixture
+def tiny_avi(tmp_path: Path) -> Path:
+    """A 3-second 10 fps avi (mpeg4 + mp3) with an audio track."""
+    path = tmp_path / "tiny.avi"
+    make_tiny_video(path, seed=1)
+    return path
+
+
+@pytest.fixture
+def jpg_folder(tmp_path: Path) -> tuple[Path, list[int]]:
+    """A cropped_aligned-style folder of 10 frames (112x112) whose jpgs 3 and 7 (1-based) are missing."""
+    import cv2
+
+    folder = tmp_path / "cropped_aligned" / "trial"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    identity = demo.random_identity(rng)
+    missing = [3, 7]
+    for number in range(1, 11):
+        if number not in missing:
+            cv2.imwrite(str(folder / f"{number:05d}.jpg"), demo.render_face(0.1 * number - 0.5, 0.0, 112, identity))
+    return folder, missing
+
+
+@pytest.fixture
+def annotation_file(tmp_path: Path) -> Path:
+    """A 6-row annotation with a -5 row."""
+    rows = ["0.1,0.2", "0.2,0.3", "-5,-5", "0.4,-0.1", "-0.5,0.5", "1,-1"]
+    return write_annotation_file(tmp_path / "trial.txt", rows)
+
+
+@pytest.fixture(scope="session")
+def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo database (2 train videos incl. a two-person one, 1 validation, 1 test)."""
+    root = tmp_path_factory.mktemp("demo") / "Affwild2"
+    return demo.make_demo_database(root, SMALL_DEMO, quiet=True)
