@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
     if not database.is_dir():
         raise UserError(f"database folder {database} does not exist")
+    from base.database import discover_trials
+
+    discover_trials(database)  # checks the layout before any heavy set-up
     vggish_source = resolve_vggish(config.features, database, output)
     results = preprocess_database(database, output, config.features, vggish_source,
                                   quiet=args.quiet, keep_cache=args.keep_cache)

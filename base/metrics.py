@@ -65,8 +65,8 @@ def all_metrics(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def _label_column(labels: np.ndarray, emotions: Sequence[str], j: int) -> np.ndarray:
-    # label arrays hold both emotions (valence, arousal) unless they were cut to the predicted ones
-    if labels.shape[1] == len(EMOTIONS) and len(emotions) != len(EMOTIONS):
+    # two label columns are always label.npy's (valence, arousal); otherwise they follow ``emotions``
+    if labels.shape[1] == len(EMOTIONS):
         return labels[:, EMOTIONS.index(emotions[j])]
     return labels[:, j]
 
@@ -78,7 +78,7 @@ def evaluate_partition(
 
     Args:
         preds: trial -> (n, C) predictions; column j is ``emotions[j]``.
-        labels: trial -> (n, 2) labels (valence, arousal) or (n, C) in the order of ``emotions``.
+        labels: trial -> (n, 2) labels as in label.npy (valence, arousal), or (n, 1) for one emotion.
         emotions: names of the predicted columns, e.g. ``("valence",)`` or ``("valence", "arousal")``.
 
     Returns:

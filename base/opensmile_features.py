@@ -17,8 +17,9 @@ bandwidths), so it is not used.
 
 Warning: the openSMILE shared library crashes the process (``malloc(): invalid size``) when it is
 loaded after TensorFlow. This module imports ``opensmile`` lazily and refuses, with a clear error,
-when TensorFlow is already imported and openSMILE is not; run it in a spawned worker process, or
-import it before TensorFlow.
+when TensorFlow is already imported and openSMILE is not. Run it in a spawned worker process whose
+modules (including the ``__main__`` script, which spawn re-imports) do not import TensorFlow at top
+level, or call ``import_opensmile()`` before importing TensorFlow.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ MFCC_DIM = 39
 _CEPSTRA = tuple(f"mfcc{i}" for i in (*range(1, 13), 0))  # HTK order: C0 last
 MFCC_COLUMNS = (*_CEPSTRA, *(f"{c}_de" for c in _CEPSTRA), *(f"{c}_de_de" for c in _CEPSTRA))
 
-EGEMAPS_FEATURE_SET = "eGeMAPSv01a"
+EGEMAPS_VERSION = "eGeMAPSv01a"
 EGEMAPS_DIM = 23
 EGEMAPS_COLUMNS = (
     "Loudness_sma3",
@@ -77,14 +78,15 @@ def import_opensmile() -> Any:
     if "opensmile" not in sys.modules and "tensorflow" in sys.modules:
         raise RuntimeError(
             "openSMILE crashes a process into which TensorFlow was imported first; run openSMILE "
-            "in a separate (spawned) process or import base.opensmile_features before tensorflow"
+            "in a spawned process whose modules do not import tensorflow at top level, or call "
+            "base.opensmile_features.import_opensmile() before importing tensorflow"
         )
     import opensmile
 
     return opensmile
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _smile(feature_set: str, feature_level: str) -> Any:
     """A cached ``opensmile.Smile`` (it keeps no state between calls; building one runs openSMILE once)."""
     opensmile = import_opensmile()
@@ -105,7 +107,11 @@ def _run(smile: Any, wav_path: str | Path, what: str) -> tuple[np.ndarray, list[
         warnings.simplefilter("always")
         frame = smile.process_signal(samples, sample_rate)
     values = frame.to_numpy(dtype=np.float32)  # (n_rows, D)
-    if any("too short" in str(w.message) for w in caught) or len(values) == 0:
+    too_short = [w for w in caught if "too short" in str(w.message)]
+    for other in caught:
+        if other not in too_short:
+            logger.warning("openSMILE on %s: %s", wav_path, other.message)
+    if too_short or len(values) == 0:
         raise UserError(
             f"wav file {wav_path} is too short ({len(samples) / sample_rate:.3f} s) to compute {what}"
         )
@@ -136,10 +142,10 @@ def extract_egemaps(wav_path: str | Path) -> np.ndarray:
     Raises:
         UserError: the wav is missing, unreadable or too short.
     """
-    values, columns = _run(_smile(EGEMAPS_FEATURE_SET, "lld"), wav_path, "eGeMAPS")
+    values, columns = _run(_smile(EGEMAPS_VERSION, "lld"), wav_path, "eGeMAPS")
     if tuple(columns) != EGEMAPS_COLUMNS:
         missing = sorted(set(EGEMAPS_COLUMNS) - set(columns))
         if missing:
-            raise RuntimeError(f"openSMILE {EGEMAPS_FEATURE_SET} lacks the LLD columns {missing}")
+            raise RuntimeError(f"openSMILE {EGEMAPS_VERSION} lacks the LLD columns {missing}")
         values = values[:, [columns.index(name) for name in EGEMAPS_COLUMNS]]
     return values

@@ -19,9 +19,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from base.errors import UserError
 from configs import Config

@@ -45,12 +45,16 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 _ALLOWED.update({("__builtin__", name): obj for (module, name), obj in list(_ALLOWED.items()) if module == "builtins"})
 
 
+class _ForbiddenClassError(pickle.UnpicklingError):
+    """The pickle names a class or function outside ``_ALLOWED``."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"the class {module}.{name} is not allowed") from None
+            raise _ForbiddenClassError(f"the class {module}.{name} is not allowed") from None
 
 
 def load_pickle(path: str | Path) -> Any:
@@ -65,11 +69,11 @@ def load_pickle(path: str | Path) -> Any:
     try:
         with open(path, "rb") as handle:
             return _RestrictedUnpickler(handle).load()
-    except pickle.UnpicklingError as exc:
+    except _ForbiddenClassError as exc:
         raise UserError(
             f"refusing to load {path}: {exc}; only plain dicts, lists, numbers, strings and numpy scalars are read"
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"the file {path} is not a readable pickle ({exc}); recreate it") from None
 
 

@@ -387,7 +387,7 @@ def write_random_checkpoint(path: str | Path, seed: int = 0, checkpoint_format: 
         feeds = [tf.placeholder(tf.float32, shape=v.shape) for v in variables]
         assigns = [v.assign(feed) for v, feed in zip(variables, feeds)]
     shapes = variable_shapes()
-    with tf.Session(graph=graph) as session:
+    with graph.as_default(), tf.Session(graph=graph) as session:
         for variable, feed, assign in zip(variables, feeds, assigns):  # one at a time: bounded memory
             value = random_weight(variable.op.name, shapes[variable.op.name], rng)
             session.run(assign, feed_dict={feed: value})

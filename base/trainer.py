@@ -1,0 +1,372 @@
+"""The training loop of one fold: the authors' recipe (SPEC §5).
+
+Adam over the trainable parameters, ReduceLROnPlateau on the validation CCC, gradual release of the
+visual backbone, early stopping, and a checkpoint each epoch from which a killed run continues
+exactly. Data assembly and the run sequence live in ``base.cross_validation``; files in
+``base.run_folder``, ``base.checkpointing`` and ``base.plots``.
+
+Gradual release (SPEC §5): the backbone starts frozen. At epoch 0, and at the start of every epoch
+where the learning rate has fallen below ``min_learning_rate``, the next backbone group is made
+trainable, the best weights so far are reloaded and Adam and the scheduler are re-created at the
+initial learning rate. A trigger with no group left ends training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from base.augment import prepare_frames
+from base.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
+from base.dataset import WindowDataset, make_loader
+from base.errors import UserError
+from base.metrics import ccc_loss, evaluate_partition
+from base.plots import plot_learning_curves
+from base.run_folder import RunFolder, write_csv
+from base.windowing import overlap_average
+from configs import EMOTIONS, Config, Modality, ModelConfig, to_dict
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMN = {"valence": 0, "arousal": 1}  # columns of label.npy (SPEC §2)
+CHECKPOINT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def output_emotions(model_config: ModelConfig) -> tuple[str, ...]:
+    """The emotion of each model output column: both when the model has two outputs."""
+    return EMOTIONS if model_config.output_dim == 2 else (model_config.emotion,)
+
+
+def trained_emotions(model_config: ModelConfig) -> tuple[str, ...]:
+    """The emotions whose validation CCC selects the best epoch and is reported."""
+    return EMOTIONS if model_config.emotion == "both" else (model_config.emotion,)
+
+
+def loss_weights(model_config: ModelConfig, multi_head_weight: float) -> tuple[float, ...]:
+    """Weight of each output column in the loss: a multi-head model weights the chosen emotion."""
+    emotions = output_emotions(model_config)
+    if model_config.head == "mh" and model_config.emotion != "both":
+        return tuple(multi_head_weight if e == model_config.emotion else 1.0 for e in emotions)
+    return tuple(1.0 for _ in emotions)
+
+
+def weighted_ccc_loss(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    emotions: tuple[str, ...],
+    weights: tuple[float, ...],
+) -> torch.Tensor:
+    """Mean over output columns of weight x (1 - CCC per window over valid frames).
+
+    Args:
+        outputs: (B, T, C) model outputs, column c predicts ``emotions[c]``.
+        labels: (B, T, 2) valence and arousal.
+        mask: (B, T) True on real (unpadded) frames.
+    """
+    losses = [
+        weight * ccc_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
+        for column, (emotion, weight) in enumerate(zip(emotions, weights))
+    ]
+    return torch.stack(losses).mean()
+
+
+def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[str, ...]) -> float:
+    """Mean partition CCC over ``emotions``: the figure that selects the best epoch."""
+    return float(np.mean([metrics[emotion]["ccc"] for emotion in emotions]))
+
+
+def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of a module's state dict (kept on the module's device)."""
+    return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- data and state
+
+
+@dataclass
+class Partition:
+    """The windows of one partition of a fold, and what rebuilding whole trials needs."""
+
+    trials: list[str]
+    n_frames: list[int]  # frames of each trial, same order as ``trials``
+    windows: WindowDataset
+
+
+@dataclass
+class TrainState:
+    """What evolves from epoch to epoch besides the model, optimizer and scheduler."""
+
+    next_epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    n_released: int = 0
+    epochs_without_improvement: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    """Overlap-averaged predictions and labels of a partition and their metrics."""
+
+    metrics: dict[str, Any]  # evaluate_partition output
+    predictions: dict[str, np.ndarray]  # trial -> (n_frames, C)
+    labels: dict[str, np.ndarray]  # trial -> (n_frames, C)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Trains one model on one fold and writes its checkpoint and history into a run folder."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Config,
+        device: torch.device,
+        run: RunFolder,
+        train: Partition,
+        validation: Partition,
+    ) -> None:
+        self.model = model.to(device)
+        self.config = config
+        self.device = device
+        self.run = run
+        self.train_data = train
+        self.validation_data = validation
+        self.emotions = output_emotions(config.model)
+        self.selected_emotions = trained_emotions(config.model)
+        self.weights = loss_weights(config.model, config.train.multi_head_weight)
+        self.generator = torch.Generator(device=device)  # crops and flips of the training frames
+        self.generator.manual_seed(config.train.seed)
+        self.state = TrainState()
+        self.best_state = clone_state(self.model)
+        self.optimizer, self.scheduler = self._new_optimizer()
+
+    # -- optimisation pieces
+
+    def _new_optimizer(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau]:
+        t = self.config.train
+        optimizer = torch.optim.Adam(
+            list(self.model.trainable_parameters()), lr=t.learning_rate, weight_decay=t.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", patience=t.patience, factor=t.factor
+        )
+        return optimizer, scheduler
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def n_release_groups(self) -> int:
+        """How many backbone groups this run may release in total."""
+        if not self.config.train.gradual_release:
+            return 0
+        return min(self.config.train.release_count, len(self.model.release_group_names))
+
+    def _release_if_due(self, epoch: int) -> bool:
+        """Release the next backbone group when due (SPEC §5); False when training must stop."""
+        if self.n_release_groups == 0:
+            return True
+        if epoch != 0 and self.learning_rate >= self.config.train.min_learning_rate:
+            return True
+        if self.state.n_released >= self.n_release_groups:
+            self.state.stop_reason = "learning rate fell below its minimum with no backbone group left to release"
+            return False
+        self.state.n_released += 1
+        self.model.release_groups(self.state.n_released)
+        self.model.load_state_dict(self.best_state)
+        self.optimizer, self.scheduler = self._new_optimizer()
+        names = self.model.release_group_names[: self.state.n_released]
+        logger.info("epoch %d: released backbone group %d (%s); optimizer re-created at lr %.1e",
+                    epoch, self.state.n_released, names[-1], self.learning_rate)
+        return True
+
+    # -- batches
+
+    def _inputs(self, batch: Mapping[str, Any], train: bool) -> dict[str, torch.Tensor]:
+        inputs = {}
+        for name in self.config.model.modality:
+            values = batch[name].to(self.device, non_blocking=True)
+            if name == Modality.FRAME.value:
+                values = prepare_frames(  # (B, T, 48, 48, 3) uint8 -> (B, T, 3, crop, crop) float
+                    values, crop=self.config.model.crop_size, train=train,
+                    generator=self.generator if train else None,
+                )
+            else:
+                values = values.float()  # (B, T, D)
+            inputs[name] = values
+        return inputs
+
+    def _loader(self, partition: Partition, shuffle: bool, epoch: int) -> torch.utils.data.DataLoader:
+        t = self.config.train
+        return make_loader(
+            partition.windows, batch_size=t.batch_size, shuffle=shuffle, seed=t.seed, epoch=epoch,
+            num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
+        )
+
+    def train_epoch(self, epoch: int) -> float:
+        """One pass over the training windows; returns the mean loss per window."""
+        self.model.train()
+        total_loss, n_windows = 0.0, 0
+        loader = self._loader(self.train_data, shuffle=True, epoch=epoch)
+        progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=self.config.train.quiet)
+        for batch in progress:
+            outputs = self.model(self._inputs(batch, train=True))  # (B, T, C)
+            labels = batch["label"].to(self.device)  # (B, T, 2)
+            mask = batch["mask"].to(self.device)  # (B, T)
+            loss = weighted_ccc_loss(outputs, labels, mask, self.emotions, self.weights)
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"the training loss became {loss.item()} at epoch {epoch}; "
+                    "check the features for extreme values or lower --learning-rate"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            batch_size = outputs.shape[0]
+            total_loss += loss.item() * batch_size
+            n_windows += batch_size
+            progress.set_postfix(loss=f"{loss.item():.3f}")
+        return total_loss / max(n_windows, 1)
+
+    @torch.no_grad()
+    def evaluate(self, partition: Partition) -> Evaluation:
+        """Predict every window, average overlaps per frame, and score the whole partition."""
+        self.model.eval()
+        pieces: dict[int, list[tuple[int, int, np.ndarray, np.ndarray]]] = {}
+        label_columns = [LABEL_COLUMN[emotion] for emotion in self.emotions]
+        loader = self._loader(partition, shuffle=False, epoch=0)
+        for batch in tqdm(loader, desc="validate", leave=False, disable=self.config.train.quiet):
+            outputs = self.model(self._inputs(batch, train=False)).float().cpu().numpy()  # (B, T, C)
+            labels = batch["label"].numpy()[..., label_columns]  # (B, T, C)
+            for row, trial_index in enumerate(batch["trial_index"].tolist()):
+                pieces.setdefault(trial_index, []).append(
+                    (int(batch["start"][row]), int(batch["length"][row]), outputs[row], labels[row])
+                )
+        predictions, labels = {}, {}
+        for trial_index, windows in pieces.items():
+            trial = partition.trials[trial_index]
+            starts = np.array([w[0] for w in windows])
+            lengths = np.array([w[1] for w in windows])
+            n_frames = partition.n_frames[trial_index]
+            predictions[trial] = overlap_average(np.stack([w[2] for w in windows]), starts, n_frames, lengths)
+            labels[trial] = overlap_average(np.stack([w[3] for w in windows]), starts, n_frames, lengths)
+        metrics = evaluate_partition(predictions, labels, self.emotions)
+        return Evaluation(metrics=metrics, predictions=predictions, labels=labels)
+
+    # -- epochs
+
+    def fit(self) -> TrainState:
+        """Train until the epoch budget, early stopping, or no group left to release."""
+        t = self.config.train
+        while not self.state.finished and self.state.next_epoch < t.num_epochs:
+            epoch = self.state.next_epoch
+            if not self._release_if_due(epoch):
+                self.state.finished = True
+                self.save_checkpoint()
+                break
+            started = time.perf_counter()
+            learning_rate = self.learning_rate
+            train_loss = self.train_epoch(epoch)
+            evaluation = self.evaluate(self.validation_data)
+            score = selection_score(evaluation.metrics, self.selected_emotions)
+            improved = score > self.state.best_score
+            self._update_best(epoch, score, improved)
+            self.scheduler.step(score)
+            if t.load_best_at_each_epoch and not improved:
+                self.model.load_state_dict(self.best_state)
+            self._record_epoch(epoch, train_loss, evaluation, score, improved, learning_rate, started)
+            self.state.next_epoch = epoch + 1
+            if t.early_stopping and self.state.epochs_without_improvement >= t.early_stopping:
+                self.state.finished = True
+                self.state.stop_reason = f"no improvement for {t.early_stopping} epochs (early stopping)"
+            self.save_checkpoint()
+        if self.state.stop_reason:
+            logger.info("training stopped: %s", self.state.stop_reason)
+        return self.state
+
+    def _update_best(self, epoch: int, score: float, improved: bool) -> None:
+        if improved:
+            self.state.best_score = score
+            self.state.best_epoch = epoch
+            self.state.epochs_without_improvement = 0
+            self.best_state = clone_state(self.model)
+            if self.config.train.save_model:
+                atomic_torch_save(
+                    {"model": self.best_state, "config": to_dict(self.config), "epoch": epoch, "score": score},
+                    self.run.best,
+                )
+        elif epoch >= self.config.train.min_num_epochs:
+            self.state.epochs_without_improvement += 1
+
+    def _record_epoch(self, epoch: int, train_loss: float, evaluation: Evaluation, score: float,
+                      improved: bool, learning_rate: float, started: float) -> None:
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        for emotion in self.emotions:
+            for metric in ("ccc", "pcc", "rmse"):
+                row[f"{emotion}_{metric}"] = float(evaluation.metrics[emotion][metric])
+        row.update(score=score, improved=int(improved), lr=learning_rate, n_released=self.state.n_released,
+                   seconds=round(time.perf_counter() - started, 3))
+        self.state.history.append(row)
+        write_csv(self.state.history, self.run.history_csv)
+        plot_learning_curves(self.state.history, self.emotions, self.run.learning_curves_png)
+        summary = " ".join(f"{e}={row[f'{e}_ccc']:.3f}" for e in self.emotions)
+        logger.info("epoch %d: train loss %.4f, validation CCC %s, lr %.1e, released %d, best epoch %d%s",
+                    epoch, train_loss, summary, learning_rate, self.state.n_released, self.state.best_epoch,
+                    " (improved)" if improved else "")
+
+    # -- checkpoints
+
+    def checkpoint_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run as if it had never stopped."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": to_dict(self.config),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_model": self.best_state,
+            "rng": capture_rng_state(self.generator),
+            "state": asdict(self.state),
+        }
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.checkpoint_dict(), self.run.checkpoint)
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Continue from ``checkpoint_dict()`` output (the caller checked its config)."""
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"checkpoint {self.run.checkpoint} has an unknown format; use --resume 0 to start over")
+        self.state = TrainState(**checkpoint["state"])
+        if self.state.n_released:
+            self.model.release_groups(self.state.n_released)
+        self.model.load_state_dict(checkpoint["model"])
+        self.best_state = {key: value.to(self.device) for key, value in checkpoint["best_model"].items()}
+        self.optimizer, self.scheduler = self._new_optimizer()
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng_state(checkpoint["rng"], self.generator)
+        logger.info("resumed %s after epoch %d (best epoch %d)", self.run.name, self.state.next_epoch - 1,
+                    self.state.best_epoch)
+
+    def load_best(self) -> None:
+        """Put the best weights into the model (end of training)."""
+        self.model.load_state_dict(self.best_state)

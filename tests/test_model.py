@@ -1,0 +1,466 @@
+"""Tests of the model package: IR-50 layout and weights, TCN, fusion, variants, freezing."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch.nn.utils import parametrize
+
+from base.errors import UserError
+from configs import Config, ModelConfig, to_dict
+from model import (
+    IR50,
+    RELEASE_GROUPS,
+    LeaderFollowerModel,
+    UnimodalModel,
+    assemble_model,
+    build_model,
+    embed_frames,
+    load_backbone,
+    plan_modalities,
+    save_authors_checkpoint,
+)
+from model.fusion import LeaderFollowerFusion, attend_across_modalities
+from model.tcn import TemporalConvNet, causal_padding
+
+VARIANTS = {
+    "frame": ("frame",),
+    "frame_vggish_mfcc": ("frame", "vggish", "mfcc"),
+    "frame_vggish_mfcc_egemaps": ("frame", "vggish", "mfcc", "egemaps"),
+    "frame_flm_fau": ("frame", "flm", "fau"),
+    "mfcc": ("mfcc",),
+}
+MODES = ("ir", "ir_se")
+# The backbone mode only matters where a frame modality is read.
+VARIANT_MODES = [(v, m) for v in VARIANTS for m in MODES if "frame" in VARIANTS[v] or m == "ir"]
+FEATURE_DIMS = {"vggish": 128, "mfcc": 39, "egemaps": 23, "flm": 136, "fau": 17}
+N_CLIPS, N_STEPS = 2, 3
+CHUNK_SIZE = 4  # 6 frames per batch -> two backbone passes of 3
+
+
+def make_inputs(modalities: tuple[str, ...], n_clips: int = N_CLIPS, n_steps: int = N_STEPS,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {}
+    for name in modalities:
+        if name == "frame":
+            inputs[name] = torch.rand(n_clips, n_steps, 3, 40, 40, generator=generator) * 2 - 1
+        else:
+            inputs[name] = torch.randn(n_clips, n_steps, FEATURE_DIMS[name], generator=generator)
+    return inputs
+
+
+def make_config(modalities: tuple[str, ...], mode: str = "ir", **overrides) -> ModelConfig:
+    return ModelConfig(
+        modality=modalities, backbone_mode=mode, random_backbone=True, backbone_chunk_size=CHUNK_SIZE,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def backbones() -> dict[str, IR50]:
+    """One random IR-50 per mode, built once (construction costs about a second)."""
+    torch.manual_seed(0)
+    return {mode: IR50(mode).eval() for mode in MODES}
+
+
+@pytest.fixture(scope="module")
+def models(backbones):
+    """Lazily built model per (variant, mode), emotion 'both' (two outputs)."""
+    cache: dict[tuple[str, str], torch.nn.Module] = {}
+
+    def get(variant: str, mode: str = "ir"):
+        if (variant, mode) not in cache:
+            modalities = VARIANTS[variant]
+            backbone = copy.deepcopy(backbones[mode]) if "frame" in modalities else None
+            torch.manual_seed(1)
+            cache[variant, mode] = assemble_model(make_config(modalities, mode, emotion="both"), backbone)
+        return cache[variant, mode]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def authors_files(backbones, tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("authors")
+    return {mode: str(save_authors_checkpoint(backbones[mode], folder / f"res50_{mode}.pth")) for mode in MODES}
+
+
+# ----------------------------------------------------------------------------- IR-50 backbone
+
+
+def test_ir50_key_layout_matches_arcface():
+    state = IR50("ir_se").state_dict()
+    expected_shapes = {
+        "input_layer.0.weight": (64, 3, 3, 3),
+        "input_layer.1.running_var": (64,),
+        "input_layer.2.weight": (64,),  # PReLU
+        "body.0.res_layer.0.weight": (64,),
+        "body.0.res_layer.1.weight": (64, 64, 3, 3),
+        "body.0.res_layer.5.fc1.weight": (4, 64, 1, 1),  # SE, reduction 16
+        "body.0.res_layer.5.fc2.weight": (64, 4, 1, 1),
+        "body.3.shortcut_layer.0.weight": (128, 64, 1, 1),  # first unit of stage 2
+        "body.7.shortcut_layer.1.running_mean": (256,),  # first unit of stage 3
+        "body.21.shortcut_layer.0.weight": (512, 256, 1, 1),  # first unit of stage 4
+        "body.23.res_layer.3.weight": (512, 512, 3, 3),
+        "output_layer.0.weight": (512,),
+        "output_layer.3.weight": (512, 512 * 5 * 5),
+        "output_layer.4.running_var": (512,),
+    }
+    for key, shape in expected_shapes.items():
+        assert tuple(state[key].shape) == shape, key
+    assert {int(k.split(".")[1]) for k in state if k.startswith("body.")} == set(range(24))
+    assert not any(k.startswith(("body.0.shortcut_layer", "body.4.shortcut_layer")) for k in state)  # max-pools
+    assert not any(".fc1." in k for k in IR50("ir").state_dict())
+
+
+def test_ir50_body_maps_40px_faces_to_5x5(backbones):
+    with torch.no_grad():
+        feature_map = backbones["ir"].body(backbones["ir"].input_layer(torch.zeros(1, 3, 40, 40)))
+    assert feature_map.shape == (1, 512, 5, 5)
+
+
+def test_ir50_supports_112px_faces():
+    backbone = IR50("ir", input_size=112).eval()
+    assert backbone.output_layer[3].in_features == 512 * 7 * 7
+    with torch.no_grad():
+        assert backbone(torch.zeros(2, 3, 112, 112)).shape == (2, 512)
+    with pytest.raises(ValueError, match="40, 112"):
+        IR50("ir", input_size=48)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_embeddings_are_l2_normalised(backbones, mode):
+    with torch.no_grad():
+        embeddings = backbones[mode](torch.rand(3, 3, 40, 40) * 2 - 1)
+    assert embeddings.shape == (3, 512)
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
+
+
+def test_chunked_backbone_equals_unchunked(backbones):
+    frames = make_inputs(("frame",), n_clips=2, n_steps=3)["frame"]
+    with torch.no_grad():
+        whole = embed_frames(backbones["ir"], frames, chunk_size=100)
+        chunked = embed_frames(backbones["ir"], frames, chunk_size=2)
+    assert whole.shape == (2, 3, 512)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_channels_last_backbone_gives_same_embeddings(backbones):
+    frames = make_inputs(("frame",), n_clips=1, n_steps=3)["frame"]
+    channels_last = copy.deepcopy(backbones["ir"]).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            embed_frames(channels_last, frames, 8), embed_frames(backbones["ir"], frames, 8), atol=1e-5, rtol=1e-5
+        )
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_authors_checkpoint_loads_strictly_and_reproduces_embeddings(backbones, authors_files, mode):
+    saved = torch.load(authors_files[mode], weights_only=True)
+    assert "backbone.input_layer.0.weight" in saved and "backbone.body.23.res_layer.4.running_mean" in saved
+    assert saved["logits.weight"].shape == (8, 512) and saved["logits.bias"].shape == (8,)
+    assert len(saved) == len(backbones[mode].state_dict()) + 2
+
+    loaded = load_backbone(authors_files[mode], mode)
+    frames = torch.rand(2, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames), backbones[mode](frames), atol=0, rtol=0)
+    assert not loaded.training
+
+
+def test_bare_backbone_state_dict_loads(backbones, tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save(backbones["ir"].state_dict(), path)
+    loaded = load_backbone(path, "ir")
+    for key, value in backbones["ir"].state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_state_dict_without_batch_counters_loads(backbones, tmp_path):
+    # Files written before PyTorch 0.4.1 lack num_batches_tracked.
+    path = tmp_path / "old.pth"
+    state = {k: v for k, v in backbones["ir"].state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, path)
+    loaded = load_backbone(path, "ir")
+    assert torch.equal(loaded.output_layer[3].weight, backbones["ir"].output_layer[3].weight)
+
+
+def test_our_checkpoint_gives_its_backbone_to_build_model(models, tmp_path):
+    trained = models("frame_vggish_mfcc", "ir")
+    path = tmp_path / "best.pth"
+    torch.save({"model": trained.state_dict(), "config": to_dict(Config()), "epoch": 3}, path)
+    config = Config(model=make_config(("frame",), backbone_checkpoint=str(path), random_backbone=False))
+    rebuilt = build_model(config)
+    assert isinstance(rebuilt, UnimodalModel)
+    for key, value in trained.backbone.state_dict().items():
+        assert torch.equal(rebuilt.backbone.state_dict()[key], value), key
+
+
+def test_wrong_mode_file_names_the_mode(authors_files):
+    with pytest.raises(UserError, match=r"unexpected keys 48 \(body\.0\.res_layer\.5\.fc1\.weight.*ir_se"):
+        load_backbone(authors_files["ir_se"], "ir")
+    with pytest.raises(UserError, match=r"missing keys 48 .*backbone-mode ir$"):
+        load_backbone(authors_files["ir"], "ir_se")
+
+
+def test_foreign_state_dict_is_rejected(tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 2048)}, path)
+    with pytest.raises(UserError, match=r"missing keys \d+ \(input_layer\.0\.weight.*unexpected keys 2 \(conv1"):
+        load_backbone(path, "ir")
+
+
+def test_shape_mismatch_is_named(backbones, tmp_path):
+    path = tmp_path / "face112.pth"
+    state = dict(backbones["ir"].state_dict())
+    state["output_layer.3.weight"] = torch.zeros(512, 512 * 7 * 7)
+    torch.save(state, path)
+    with pytest.raises(UserError, match=r"shapes differ .* output_layer\.3\.weight \(512, 25088\) vs \(512, 12800\)"):
+        load_backbone(path, "ir")
+
+
+def test_truncated_or_foreign_file_is_rejected(tmp_path):
+    whole = tmp_path / "whole.pth"
+    torch.save({"input_layer.0.weight": torch.zeros(64, 3, 3, 3)}, whole)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(whole.read_bytes()[:200])
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights")
+    for path in (truncated, text):
+        with pytest.raises(UserError, match="truncated or not a PyTorch weights file"):
+            load_backbone(path, "ir")
+    with pytest.raises(UserError, match="does not exist"):
+        load_backbone(tmp_path / "absent.pth", "ir")
+
+
+def test_checkpoint_without_backbone_is_rejected(models, tmp_path):
+    path = tmp_path / "audio_only.pth"
+    torch.save({"model": models("mfcc").state_dict()}, path)
+    with pytest.raises(UserError, match="without a backbone"):
+        load_backbone(path, "ir")
+
+
+def test_no_weights_needs_random_backbone_flag():
+    for path in (None, ""):
+        with pytest.raises(UserError, match=r"issue #7.*--backbone-checkpoint FILE.*--random-backbone"):
+            load_backbone(path, "ir")
+    with pytest.raises(UserError, match="--random-backbone"):
+        build_model(ModelConfig(modality=("frame",)))
+    assert isinstance(load_backbone(None, "ir_se", allow_random=True), IR50)
+
+
+# ----------------------------------------------------------------------------- TCN
+
+
+def test_causal_padding_values():
+    assert causal_padding(kernel_size=5, dilation=1) == 4
+    assert causal_padding(kernel_size=5, dilation=8) == 32
+
+
+def test_tcn_layout():
+    tcn = TemporalConvNet(512, (128, 128, 128, 128), kernel_size=5, dropout=0.1)
+    convs = [block.net[0].conv for block in tcn.blocks]
+    assert [conv.dilation[0] for conv in convs] == [1, 2, 4, 8]
+    assert all(parametrize.is_parametrized(conv, "weight") for conv in convs)
+    assert isinstance(tcn.blocks[0].residual, torch.nn.Conv1d) and tcn.blocks[0].residual.kernel_size == (1,)
+    assert all(isinstance(block.residual, torch.nn.Identity) for block in tcn.blocks[1:])
+    assert tcn(torch.randn(2, 7, 512)).shape == (2, 7, 128)
+
+
+def test_tcn_is_causal_with_the_expected_receptive_field():
+    torch.manual_seed(0)
+    tcn = TemporalConvNet(3, (4, 4, 4, 4), kernel_size=5).eval()
+    assert tcn.receptive_field == 1 + 2 * 4 * (1 + 2 + 4 + 8)  # 121 steps
+    x = torch.randn(1, 130, 3)
+    changed_at_0 = x.clone()
+    changed_at_0[:, 0] += 5.0
+    changed_at_60 = x.clone()
+    changed_at_60[:, 60] += 5.0
+    with torch.no_grad():
+        y, y0, y60 = tcn(x), tcn(changed_at_0), tcn(changed_at_60)
+    assert torch.equal(y[:, :60], y60[:, :60])  # nothing sees the future
+    assert not torch.allclose(y[:, 60], y60[:, 60])
+    assert not torch.allclose(y[:, 120], y0[:, 120])  # step 120 still sees step 0
+    assert torch.equal(y[:, 121:], y0[:, 121:])  # step 121 does not
+
+
+# ----------------------------------------------------------------------------- fusion
+
+
+def test_attention_on_hand_computed_values():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    queries = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    attended, weights = attend_across_modalities(keys, queries, values)
+    own = 1.0 / (1.0 + math.exp(-1.0 / math.sqrt(2.0)))  # softmax([1/sqrt(2), 0])[0]
+    torch.testing.assert_close(weights, torch.tensor([[own, 1 - own], [1 - own, own]]))
+    expected_first = own * values[0] + (1 - own) * values[1]
+    torch.testing.assert_close(attended[0], expected_first)
+
+
+@pytest.mark.parametrize("quirk", [False, True])
+def test_fusion_computes_queries_from_the_right_source(quirk):
+    torch.manual_seed(0)
+    fusion = LeaderFollowerFusion(leader_dim=6, follower_dims=(2, 2), fusion_dim=2, quirk=quirk)
+    leader, followers = torch.randn(1, 4, 6), [torch.randn(1, 4, 2), torch.randn(1, 4, 2)]
+    features, weights = fusion(leader, followers, return_attention=True)
+    assert features.shape == (1, 4, 6 + 3 * 2)
+    keys, queries = [], []
+    for index, stream in enumerate([leader, *followers]):
+        key = fusion.keys[index](stream)
+        source = key if (quirk and index > 0) else stream  # quirk: a follower's query reads its key
+        keys.append(key)
+        queries.append(fusion.queries[index](source))
+    scores = torch.stack(keys, -2) @ torch.stack(queries, -2).transpose(-1, -2) / math.sqrt(2)
+    torch.testing.assert_close(weights, torch.softmax(scores, dim=-1))
+    torch.testing.assert_close(features[..., :6], leader)
+
+
+def test_fusion_quirk_changes_outputs_for_the_same_weights():
+    default = assemble_model(make_config(("mfcc", "vggish", "egemaps")), None).eval()
+    quirky = assemble_model(make_config(("mfcc", "vggish", "egemaps"), fusion_quirk=True), None).eval()
+    quirky.load_state_dict(default.state_dict(), strict=True)  # same shapes: followers are 32 wide
+    inputs = make_inputs(("mfcc", "vggish", "egemaps"))
+    with torch.no_grad():
+        assert not torch.allclose(default(inputs), quirky(inputs))
+    assert not default.fusion.quirk and quirky.fusion.quirk
+    assert not any("norm" in name and "fusion.norm" not in name for name, _ in default.named_modules())
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+def test_modality_plan_picks_the_leader():
+    plan = plan_modalities(("vggish", "frame", "mfcc"))
+    assert plan.leader.value == "frame" and [m.value for m in plan.followers] == ["vggish", "mfcc"]
+    assert plan_modalities(("mfcc",)).followers == ()
+    assert plan_modalities(("mfcc", "vggish")).leader.value == "mfcc"
+    with pytest.raises(UserError, match="twice"):
+        plan_modalities(("mfcc", "mfcc"))
+
+
+@pytest.mark.parametrize(("variant", "mode"), VARIANT_MODES)
+def test_output_shape_and_attention(models, variant, mode):
+    model = models(variant, mode).eval()
+    inputs = make_inputs(VARIANTS[variant])
+    n_modalities = len(VARIANTS[variant])
+    with torch.no_grad():
+        if n_modalities == 1:
+            assert isinstance(model, UnimodalModel)
+            outputs = model(inputs)
+        else:
+            assert isinstance(model, LeaderFollowerModel)
+            outputs, weights = model.forward_with_attention(inputs)
+            assert weights.shape == (N_CLIPS, N_STEPS, n_modalities, n_modalities)
+            torch.testing.assert_close(weights.sum(dim=-1), torch.ones(N_CLIPS, N_STEPS, n_modalities))
+            assert model.head.in_features == 128 + n_modalities * 32
+    assert outputs.shape == (N_CLIPS, N_STEPS, 2)
+    assert torch.isfinite(outputs).all()
+
+
+@pytest.mark.parametrize(
+    ("emotion", "head", "output_dim"), [("valence", "sh", 1), ("arousal", "mh", 2), ("both", "sh", 2)]
+)
+def test_output_dim_follows_emotion_and_head(emotion, head, output_dim):
+    model = build_model(make_config(("mfcc",), emotion=emotion, head=head))
+    assert model(make_inputs(("mfcc",))).shape == (N_CLIPS, N_STEPS, output_dim)
+
+
+def test_missing_input_is_named(models):
+    with pytest.raises(KeyError, match="vggish"):
+        models("frame_vggish_mfcc")(make_inputs(("frame", "mfcc")))
+
+
+def test_invalid_model_settings_are_user_errors():
+    with pytest.raises(UserError, match="crop_size"):
+        build_model(make_config(("frame",), crop_size=48))
+    with pytest.raises(UserError, match="cnn1d_embedding_dim"):
+        build_model(make_config(("frame",), cnn1d_embedding_dim=256))
+    with pytest.raises(UserError, match="follower_mode"):
+        build_model(make_config(("mfcc",), follower_mode="concat"))
+
+
+def test_build_model_accepts_the_whole_config():
+    model = build_model(Config(model=make_config(("mfcc", "vggish"))))
+    assert isinstance(model, LeaderFollowerModel) and model.modalities == ("mfcc", "vggish")
+
+
+@pytest.mark.slow
+def test_autocast_bf16_forward_is_finite(models):
+    model = models("frame_vggish_mfcc", "ir").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(make_inputs(("frame", "vggish", "mfcc")))
+    assert outputs.shape == (N_CLIPS, N_STEPS, 2) and torch.isfinite(outputs.float()).all()
+
+
+# ----------------------------------------------------------------------------- freezing
+
+
+def test_release_groups_name_the_recipe_order():
+    assert [g.name for g in RELEASE_GROUPS] == ["backbone.output_layer", "stage4", "stage3_last3"]
+    assert RELEASE_GROUPS[1].module_names == ("body.21", "body.22", "body.23")
+    assert RELEASE_GROUPS[2].module_names == ("body.18", "body.19", "body.20")
+
+
+def assert_gradients_follow_release(model, inputs, n_released: int) -> None:
+    model.release_groups(n_released)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    model(inputs).square().mean().backward()
+    released = tuple(f"backbone.{name}." for g in RELEASE_GROUPS[:n_released] for name in g.module_names)
+    for name, parameter in model.named_parameters():
+        should_train = not name.startswith("backbone.") or name.startswith(released)
+        assert parameter.requires_grad == should_train, name
+        assert (parameter.grad is not None) == should_train, name
+    assert model.n_released == n_released
+    assert sum(p.numel() for p in model.trainable_parameters()) == sum(
+        p.numel() for p in model.parameters() if p.grad is not None
+    )
+
+
+@pytest.mark.parametrize(("variant", "mode"), VARIANT_MODES)
+def test_backward_reaches_only_released_parameters(models, variant, mode):
+    model = models(variant, mode)
+    n_groups = len(model.release_group_names)
+    assert n_groups == (3 if "frame" in VARIANTS[variant] else 0)
+    assert_gradients_follow_release(model, make_inputs(VARIANTS[variant]), min(1, n_groups))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_released", [0, 2, 3])
+def test_backward_at_every_release_level(models, n_released):
+    assert_gradients_follow_release(models("frame_vggish_mfcc", "ir_se"), make_inputs(VARIANTS["frame_vggish_mfcc"]),
+                                    n_released)
+
+
+def test_release_groups_out_of_range(models):
+    with pytest.raises(ValueError, match="3 release groups, cannot release 4"):
+        models("frame").release_groups(4)
+    audio_only = models("mfcc")
+    assert audio_only.release_group_names == () and audio_only.n_released == 0
+    audio_only.release_groups(0)
+    with pytest.raises(ValueError, match="0 release groups"):
+        audio_only.release_groups(1)
+
+
+def test_frozen_batchnorm_statistics_stay_fixed_in_train_mode(models):
+    model = models("frame_vggish_mfcc", "ir")
+    model.release_groups(1)
+    model.train()
+    assert model.tcns.training and model.backbone.output_layer.training
+    assert not model.backbone.input_layer.training and not model.backbone.body[23].training
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        model(make_inputs(("frame", "vggish", "mfcc")))
+    after = model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"output_layer.{i}.running_{s}" for i in (0, 4) for s in ("mean", "var")}
+    model.eval()
+    assert not model.backbone.output_layer.training and not model.tcns.training

@@ -1,0 +1,187 @@
+"""Preprocessing end to end on the demo database: the authors' format, resumability, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import calculate_mean_and_std
+import preprocessing
+from base.errors import run_cli
+from base.safe_pickle import load_pickle
+from tests.conftest import ROOT, make_tiny_video
+
+CHECKER = ROOT.parent / "shared" / "tools" / "check_processed.py"
+pytestmark = pytest.mark.slow
+
+
+def _run(argv: list[str]) -> int:
+    return run_cli(preprocessing.main, argv)
+
+
+@pytest.fixture(scope="session")
+def processed_demo(demo_database: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("processed") / "Affwild2_processed"
+    assert _run(["--database", str(demo_database), "--output", str(output), "--jobs", "2", "--quiet"]) == 0
+    assert run_cli(calculate_mean_and_std.main, ["--output", str(output), "--quiet"]) == 0
+    return output
+
+
+def _arrays(output: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(output)): p.read_bytes() for p in sorted((output / "npy_data").rglob("*.npy"))}
+
+
+def test_output_passes_the_independent_checker(processed_demo: Path, demo_database: Path) -> None:
+    if not CHECKER.is_file():
+        pytest.skip("shared/tools/check_processed.py is not beside the project")
+    result = subprocess.run([sys.executable, str(CHECKER), str(processed_demo), str(demo_database)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_authors_format(processed_demo: Path, demo_database: Path) -> None:
+    info = load_pickle(processed_demo / "dataset_info.pkl")
+    partitions = info["partition"]
+    assert set(partitions) == {"Train_Set", "Validation_Set", "Target_Set"}
+    assert "RANDOM" in info["vggish_weights"], "the demo's random VGGish must be declared"
+    for partition, trials in partitions.items():
+        assert list(trials) == sorted(trials)
+        for trial, n in trials.items():
+            folder = processed_demo / "npy_data" / trial
+            frame = np.load(folder / "frame.npy")
+            assert frame.shape == (n, 48, 48, 3) and frame.dtype == np.uint8
+            assert np.load(folder / "mfcc.npy").shape == (n, 39)
+            assert np.load(folder / "egemaps.npy").shape == (n, 23)
+            assert np.load(folder / "vggish.npy").shape == (n, 128)
+            assert (folder / "label.npy").is_file() == (partition != "Target_Set")
+    summary = list(csv.DictReader(open(processed_demo / "preprocessing_summary.csv")))
+    assert {row["status"] for row in summary} == {"ok"}
+    assert all(abs(float(r["audio_s"]) - float(r["video_s"])) < 0.5 for r in summary)
+    assert sum(int(r["missing_faces"]) for r in summary) > 0
+    assert not (processed_demo / ".cache").exists() or not any((processed_demo / ".cache").iterdir())
+
+
+def test_labels_survive_into_the_features(processed_demo: Path) -> None:
+    """The audio features sampled at labeled frames still follow arousal (alignment check)."""
+    info = load_pickle(processed_demo / "dataset_info.pkl")
+    trial = next(t for t in info["partition"]["Train_Set"] if not t.endswith(("_left", "_right")))
+    folder = processed_demo / "npy_data" / trial
+    mfcc, label = np.load(folder / "mfcc.npy"), np.load(folder / "label.npy")
+    from base.opensmile_features import MFCC_COLUMNS
+
+    c0 = MFCC_COLUMNS.index("mfcc0")  # HTK order puts C0 last
+    r = np.corrcoef(mfcc[:, c0], label[:, 1])[0, 1]  # C0 ~ loudness, arousal -> loudness
+    assert r > 0.6, r
+    frame = np.load(folder / "frame.npy").astype(float)
+    present = frame.reshape(len(frame), -1).max(1) > 0
+    brightness = frame[present][:, 14:34, 14:34].mean(axis=(1, 2, 3))
+    assert np.corrcoef(brightness, label[present, 0])[0, 1] > 0.8
+
+
+def test_rerun_skips_finished_trials(processed_demo: Path, demo_database: Path, capsys) -> None:
+    before = _arrays(processed_demo)
+    start = time.perf_counter()
+    assert _run(["--database", str(demo_database), "--output", str(processed_demo), "--quiet"]) == 0
+    assert time.perf_counter() - start < 30
+    assert _arrays(processed_demo) == before
+    summary = list(csv.DictReader(open(processed_demo / "preprocessing_summary.csv")))
+    assert {row["status"] for row in summary} == {"done earlier"}
+
+
+def test_killed_run_resumes_to_identical_arrays(processed_demo: Path, demo_database: Path, tmp_path: Path) -> None:
+    output = tmp_path / "killed"
+    command = [sys.executable, str(ROOT / "preprocessing.py"), "--database", str(demo_database),
+               "--output", str(output), "--jobs", "1", "--quiet"]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if (output / ".cache").is_dir() and any((output / ".cache").rglob("mfcc.npy")):
+            break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (output / "dataset_info.pkl").exists() or process.returncode == 0
+    assert _run(["--database", str(demo_database), "--output", str(output), "--quiet"]) == 0
+    assert _arrays(output) == _arrays(processed_demo)
+
+
+def _copy_database(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    (target / "demo_database.json").unlink()  # no longer the pristine demo
+    return target
+
+
+def test_bad_trials_are_skipped_and_listed(demo_database: Path, tmp_path: Path) -> None:
+    from vggish.checkpoint import write_random_checkpoint
+
+    root = _copy_database(demo_database, tmp_path / "db")
+    annotations = root / "annotations/VA_Set"
+    train = sorted((annotations / "Train_Set").glob("*.txt"))
+    single = [p for p in train if not p.stem.endswith(("_left", "_right"))]
+    # 1) a header other than valence,arousal
+    validation = next((annotations / "Validation_Set").glob("*.txt"))
+    validation.write_text("arousal,valence\n" + "\n".join(validation.read_text().splitlines()[1:]))
+    # 2) a video with no audio track replaces the first single-person video
+    video = next((root / "raw_video").glob(single[0].stem + ".*"))
+    video.unlink()
+    n_rows = len(single[0].read_text().splitlines()) - 1
+    make_tiny_video(video.with_suffix(".mp4"), seconds=n_rows / 10.0, with_audio=False)
+    # 3) a trial whose video is missing: its annotation names a video nobody has
+    orphan = annotations / "Train_Set" / "ghost.txt"
+    orphan.write_text("valence,arousal\n0.1,0.1\n")
+    (root / "cropped_aligned" / "ghost").mkdir()
+    # 4) an unreadable video for the test set
+    test_video = next((root / "Test_Set").iterdir())
+    test_video.write_bytes(b"not a video at all" * 100)
+    # 5) the two-person trials get an annotation far shorter than the video
+    left = next(p for p in train if p.stem.endswith("_left"))
+    left.write_text("\n".join(left.read_text().splitlines()[:20]) + "\n")
+    checkpoint = tmp_path / "vggish" / "vggish_model.ckpt"
+    checkpoint.parent.mkdir()
+    write_random_checkpoint(str(checkpoint), seed=0)
+    output = tmp_path / "out"
+    code = _run(["--database", str(root), "--output", str(output), "--jobs", "2", "--quiet",
+                 "--vggish-checkpoint", str(checkpoint)])
+    assert code == 1
+    rows = {r["trial"]: r for r in csv.DictReader(open(output / "preprocessing_summary.csv"))}
+    assert "header is 'arousal,valence'" in rows[validation.stem]["message"]
+    assert "no audio track" in rows[single[0].stem]["message"]
+    assert "no video named ghost" in rows["ghost"]["message"]
+    assert "cannot read video" in rows[test_video.stem]["message"]
+    assert "annotation rows but the video has" in rows[left.stem]["message"]
+    assert rows[left.stem.replace("_left", "_right")]["status"] == "ok"
+    info = load_pickle(output / "dataset_info.pkl")
+    assert validation.stem not in info["partition"]["Validation_Set"]
+    assert single[1].stem in info["partition"]["Train_Set"]
+    assert "RANDOM" not in info["vggish_weights"]
+
+
+def test_clear_errors_for_bad_arguments(demo_database: Path, tmp_path: Path, capsys) -> None:
+    assert _run(["--database", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert "database folder" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert _run(["--database", str(demo_database), "--output", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    root = _copy_database(demo_database, tmp_path / "db")
+    assert _run(["--database", str(root), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--vggish-checkpoint" in err and "Traceback" not in err
+    assert _run(["--database", str(root), "--output", str(tmp_path / "o"),
+                 "--vggish-checkpoint", str(tmp_path / "nope.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "vggish_model.ckpt" in err or "nope.ckpt" in err
+    empty = tmp_path / "empty_db"
+    empty.mkdir()
+    assert _run(["--database", str(empty), "--output", str(tmp_path / "o2")]) == 2
+    assert "annotations/VA_Set" in capsys.readouterr().err

@@ -1,0 +1,247 @@
+"""One VGGish embedding per video frame, as the authors computed them (SPEC §3).
+
+The waveform's end is padded with one second of its last sample, its log-mel spectrogram is
+computed once, and video frame i gets the 96-frame (0.96 s) patch that starts at log-mel frame
+``round(i / fps / 0.010)``; frames past the last complete patch reuse the last one. Patches go
+through the network ``batch_size`` at a time, so memory does not grow with the video's length
+(the original fed a whole video at once and needed about 10 GB).
+
+TensorFlow is imported when an extractor is built, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from base.errors import UserError
+from vggish import params
+from vggish.checkpoint import PcaParams, check_checkpoint, load_pca_params
+from vggish.mel_features import log_mel_spectrogram
+
+logger = logging.getLogger(__name__)
+
+
+def patch_starts(
+    n_frames: int,
+    fps: float,
+    hop_s: float = params.STFT_HOP_S,
+    *,
+    n_log_mel_frames: int,
+    patch_frames: int = params.PATCH_FRAMES,
+) -> np.ndarray:
+    """First log-mel frame of the patch of each video frame.
+
+    Frame i's patch starts at ``round(i * patch_hop)`` with ``patch_hop = (1 / fps) / hop_s``
+    log-mel frames (ties to even, as Python's ``round``). Only the ``1 + floor((n_log_mel_frames -
+    patch_frames) / patch_hop)`` patches that fit exist; later frames reuse the last of them.
+
+    Args:
+        n_frames: video frames.
+        fps: video frames per second.
+        hop_s: log-mel hop, seconds.
+        n_log_mel_frames: rows of the (padded) log-mel spectrogram.
+        patch_frames: log-mel frames per patch.
+
+    Returns:
+        int64 (n_frames,), each in ``[0, n_log_mel_frames - patch_frames]``.
+    """
+    if n_log_mel_frames < patch_frames:
+        raise ValueError(f"{n_log_mel_frames} log-mel frames cannot hold a {patch_frames}-frame patch")
+    patch_hop = (1.0 / fps) * (1.0 / hop_s)  # log-mel frames per video frame (same float maths as the authors)
+    n_available = 1 + int(np.floor((n_log_mel_frames - patch_frames) / patch_hop))
+    index = np.minimum(np.arange(n_frames), n_available - 1)
+    return np.round(index * patch_hop).astype(np.int64)
+
+
+def gather_patches(log_mel: np.ndarray, starts: np.ndarray, patch_frames: int = params.PATCH_FRAMES) -> np.ndarray:
+    """Patches ``log_mel[s : s + patch_frames]`` for each start: (len(starts), patch_frames, bands)."""
+    rows = starts[:, None] + np.arange(patch_frames)  # (B, 96)
+    return log_mel[rows]  # (B, 96, 64)
+
+
+def to_float_mono(waveform: np.ndarray) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] from (n,) or (n, channels) audio, float or integer PCM."""
+    waveform = np.asarray(waveform)
+    if waveform.ndim not in (1, 2):
+        raise UserError(f"audio must be (samples,) or (samples, channels), got shape {waveform.shape}")
+    if waveform.size == 0:
+        raise UserError("the audio is empty: nothing to compute VGGish features from")
+    if np.issubdtype(waveform.dtype, np.integer):
+        full_scale = float(2 ** (8 * waveform.dtype.itemsize - 1))  # int16: 32768
+        waveform = waveform.astype(np.float32) / np.float32(full_scale)
+    elif not np.issubdtype(waveform.dtype, np.floating):
+        raise UserError(f"audio samples must be numbers, got dtype {waveform.dtype}")
+    if waveform.ndim == 2:
+        waveform = waveform.mean(axis=1)
+    return waveform.astype(np.float32, copy=False)
+
+
+def prepare_waveform(waveform: np.ndarray, sample_rate: int, end_pad_s: float = params.END_PAD_S) -> np.ndarray:
+    """Mono, end-padded with ``end_pad_s`` of its last sample, resampled to 16 kHz: float32 (n,)."""
+    mono = to_float_mono(waveform)
+    n_pad = int(round(end_pad_s * sample_rate))
+    padded = np.concatenate([mono, np.full(n_pad, mono[-1], dtype=np.float32)])
+    del mono
+    if sample_rate != params.SAMPLE_RATE_HZ:
+        import resampy  # imported here: it loads numba, which is slow to start
+
+        padded = resampy.resample(padded, sample_rate, params.SAMPLE_RATE_HZ).astype(np.float32, copy=False)
+    return padded
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Samples (n,) or (n, channels) as float32 in [-1, 1] (16-bit PCM / 32768) and the rate in Hz."""
+    import soundfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file {path} not found")
+    try:
+        waveform, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=False)
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise UserError(f"audio file {path} could not be read ({exc})") from None
+    return waveform, int(sample_rate)
+
+
+class VggishExtractor:
+    """Restores the VGGish checkpoint once and embeds many recordings, one patch per video frame.
+
+    Example::
+
+        with VggishExtractor("vggish_model.ckpt") as vggish:
+            embeddings = vggish.embed_wav_file("video.wav", fps=30.0, n_frames=900)  # (900, 128)
+    """
+
+    def __init__(
+        self,
+        checkpoint_path: str,
+        pca_params_path: str | None = None,
+        batch_size: int = 256,
+        num_threads: int = 1,
+        postprocess: bool = False,
+    ) -> None:
+        """Check the files, build the graph and restore the weights.
+
+        Args:
+            checkpoint_path: ``vggish_model.ckpt`` (the release's single file or a V2 prefix).
+            pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with
+                ``postprocess``.
+            batch_size: patches per forward pass (bounds memory).
+            num_threads: TensorFlow intra- and inter-op threads (0: TensorFlow decides).
+            postprocess: return the AudioSet-style PCA-whitened, 8-bit quantized embedding (values
+                0..255, as float32) instead of the raw pre-PCA embedding the authors stored.
+
+        Raises:
+            UserError: a file is missing or wrong, or a setting is out of range.
+        """
+        if batch_size < 1:
+            raise UserError(f"VGGish batch size must be at least 1, got {batch_size}")
+        if num_threads < 0:
+            raise UserError(f"VGGish threads must be 0 (automatic) or more, got {num_threads}")
+        self.batch_size = batch_size
+        self._session: Any = None
+        prefix = check_checkpoint(checkpoint_path)
+        self.pca: PcaParams | None = load_pca_params(pca_params_path) if pca_params_path else None
+        if postprocess and self.pca is None:
+            raise UserError("VGGish postprocessing needs the PCA parameters: pass vggish_pca_params.npz")
+        self.postprocess = postprocess
+
+        from vggish import slim_model
+
+        tf = slim_model.import_tensorflow()
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            self._features, self._embedding = slim_model.define_vggish()
+            saver = tf.train.Saver(var_list=slim_model.vggish_variables(self._graph))
+        config = tf.ConfigProto(
+            intra_op_parallelism_threads=num_threads, inter_op_parallelism_threads=num_threads
+        )
+        self._session = tf.Session(graph=self._graph, config=config)
+        try:
+            with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
+                saver.restore(self._session, prefix)
+        except tf.errors.OpError as exc:
+            self.close()
+            reason = str(exc.message).strip().splitlines()[0]
+            raise UserError(
+                f"VGGish checkpoint {checkpoint_path} could not be restored ({reason}); {params.RELEASE_HINT}"
+            ) from None
+        self._graph.finalize()
+        logger.debug("VGGish restored from %s (batch %d, %d threads)", prefix, batch_size, num_threads)
+
+    # ------------------------------------------------------------------------- embedding
+
+    def embed_patches(self, patches: np.ndarray) -> np.ndarray:
+        """Raw embeddings of log-mel patches (N, 96, 64), ``batch_size`` at a time: float32 (N, 128)."""
+        if self._session is None:
+            raise RuntimeError("this VggishExtractor is closed")
+        out = np.empty((len(patches), params.EMBEDDING_SIZE), dtype=np.float32)
+        for first in range(0, len(patches), self.batch_size):
+            batch = np.asarray(patches[first : first + self.batch_size], dtype=np.float32)  # (B, 96, 64)
+            out[first : first + len(batch)] = self._session.run(self._embedding, {self._features: batch})
+        return out
+
+    def embed_log_mel(self, log_mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+        """One embedding per video frame from a (padded) log-mel spectrogram (T, 64): (n_frames, 128)."""
+        starts = patch_starts(n_frames, fps, n_log_mel_frames=len(log_mel))
+        unique_starts, frame_to_patch = np.unique(starts, return_inverse=True)  # frames past the end share one
+        out = np.empty((len(unique_starts), params.EMBEDDING_SIZE), dtype=np.float32)
+        for first in range(0, len(unique_starts), self.batch_size):
+            batch_starts = unique_starts[first : first + self.batch_size]
+            out[first : first + len(batch_starts)] = self.embed_patches(gather_patches(log_mel, batch_starts))
+        embeddings = out[frame_to_patch.reshape(-1)]  # (n_frames, 128)
+        if self.postprocess:
+            assert self.pca is not None
+            embeddings = self.pca.apply(embeddings, quantize=True).astype(np.float32)
+        return embeddings
+
+    def embed_frames(self, waveform: np.ndarray, sample_rate: int, fps: float, n_frames: int) -> np.ndarray:
+        """One embedding per video frame of a recording.
+
+        Args:
+            waveform: (samples,) or (samples, channels), float in [-1, 1] or integer PCM.
+            sample_rate: Hz of ``waveform`` (resampled to 16 kHz when different).
+            fps: video frames per second.
+            n_frames: video frames to embed.
+
+        Returns:
+            float32 (n_frames, 128).
+        """
+        if not fps > 0:
+            raise UserError(f"video frame rate must be positive, got {fps}")
+        if sample_rate <= 0:
+            raise UserError(f"audio sample rate must be positive, got {sample_rate}")
+        if n_frames < 0:
+            raise UserError(f"number of video frames must not be negative, got {n_frames}")
+        samples = prepare_waveform(waveform, sample_rate)
+        if n_frames == 0:
+            return np.zeros((0, params.EMBEDDING_SIZE), dtype=np.float32)
+        log_mel = log_mel_spectrogram(samples, params.SAMPLE_RATE_HZ)  # (T, 64)
+        del samples
+        return self.embed_log_mel(log_mel, fps, n_frames)
+
+    def embed_wav_file(self, path: str | Path, fps: float, n_frames: int) -> np.ndarray:
+        """``embed_frames`` of a wav file (16-bit PCM is read as samples / 32768): (n_frames, 128)."""
+        waveform, sample_rate = read_wav(path)
+        return self.embed_frames(waveform, sample_rate, fps, n_frames)
+
+    # ------------------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Free the TensorFlow session (the extractor cannot embed afterwards)."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __enter__(self) -> VggishExtractor:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
