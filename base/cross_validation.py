@@ -25,7 +25,7 @@ from base.dataset import WindowDataset
 from base.devices import resolve_device
 from base.errors import UserError
 from base.folds import TRAIN_PARTITION, VALIDATION_PARTITION, check_fold, fold_split
-from base.plots import plot_traces
+from base.plots import plot_learning_curves, plot_traces
 from base.processed import ProcessedDataset
 from base.run_folder import cv_summary_path, run_folder, write_csv, write_json
 from base.trainer import Partition, Trainer, output_emotions, trained_emotions
@@ -168,6 +168,8 @@ def run_fold(
         "validation": overall,
         "per_trial": evaluation.metrics.get("per_trial", {}),
     }, run.metrics_json)
+    if state.history:
+        plot_learning_curves(state.history, emotions, run.learning_curves_png)
     plot_traces(evaluation.predictions, evaluation.labels, validation.trials[: config.train.n_plot_trials],
                 emotions, run.traces_png)
     return FoldResult(

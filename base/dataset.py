@@ -210,6 +210,22 @@ class WindowDataset(Dataset):
         return item
 
 
+def collate_windows(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack window items into a batch: arrays with ``np.stack`` (one copy), ints as int64 tensors.
+
+    ``np.stack`` + ``torch.from_numpy`` is several times faster than ``default_collate``'s
+    ``torch.stack`` on large uint8 frame windows, and does not depend on torch's thread pool.
+    """
+    batch: dict[str, torch.Tensor] = {}
+    for key, first in items[0].items():
+        values = [item[key] for item in items]
+        if isinstance(first, np.ndarray):
+            batch[key] = torch.from_numpy(np.stack(values))  # (B, L, ...)
+        else:
+            batch[key] = torch.as_tensor(values, dtype=torch.int64)  # (B,)
+    return batch
+
+
 def make_loader(
     ds: Dataset,
     batch_size: int,
@@ -219,7 +235,7 @@ def make_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader whose shuffle order depends only on ``seed + epoch`` (reproducible, resumable)."""
+    """A DataLoader of ``collate_windows`` batches whose shuffle order depends only on ``seed + epoch``."""
     generator = torch.Generator()
     generator.manual_seed(int(seed) + int(epoch))
     return DataLoader(
@@ -230,4 +246,5 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         drop_last=False,
+        collate_fn=collate_windows,
     )

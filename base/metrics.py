@@ -65,10 +65,12 @@ def all_metrics(prediction: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def _label_column(labels: np.ndarray, emotions: Sequence[str], j: int) -> np.ndarray:
-    # two label columns are always label.npy's (valence, arousal); otherwise they follow ``emotions``
+    # one column per emotion: they follow ``emotions``; otherwise label.npy's (valence, arousal)
+    if labels.shape[1] == len(emotions):
+        return labels[:, j]
     if labels.shape[1] == len(EMOTIONS):
         return labels[:, EMOTIONS.index(emotions[j])]
-    return labels[:, j]
+    raise ValueError(f"labels have {labels.shape[1]} columns for emotions {tuple(emotions)}")
 
 
 def evaluate_partition(
@@ -78,7 +80,8 @@ def evaluate_partition(
 
     Args:
         preds: trial -> (n, C) predictions; column j is ``emotions[j]``.
-        labels: trial -> (n, 2) labels as in label.npy (valence, arousal), or (n, 1) for one emotion.
+        labels: trial -> (n, C) labels in the order of ``emotions``, or (n, 2) as in label.npy
+            (valence, arousal) when fewer emotions are predicted.
         emotions: names of the predicted columns, e.g. ``("valence",)`` or ``("valence", "arousal")``.
 
     Returns:

@@ -2,8 +2,9 @@
 
 Adam over the trainable parameters, ReduceLROnPlateau on the validation CCC, gradual release of the
 visual backbone, early stopping, and a checkpoint each epoch from which a killed run continues
-exactly. Data assembly and the run sequence live in ``base.cross_validation``; files in
-``base.run_folder``, ``base.checkpointing`` and ``base.plots``.
+exactly (history.csv, checkpoint.pt, best.pt). Data assembly, the run sequence, the final evaluation
+and the plots live in ``base.cross_validation``; file helpers in ``base.run_folder`` and
+``base.checkpointing``.
 
 Gradual release (SPEC §5): the backbone starts frozen. At epoch 0, and at the start of every epoch
 where the learning rate has fallen below ``min_learning_rate``, the next backbone group is made
@@ -30,7 +31,6 @@ from base.checkpointing import atomic_torch_save, capture_rng_state, restore_rng
 from base.dataset import WindowDataset, make_loader
 from base.errors import UserError
 from base.metrics import ccc_loss, evaluate_partition
-from base.plots import plot_learning_curves
 from base.run_folder import RunFolder, write_csv
 from base.windowing import overlap_average
 from configs import EMOTIONS, Config, Modality, ModelConfig, to_dict
@@ -327,7 +327,6 @@ class Trainer:
                    seconds=round(time.perf_counter() - started, 3))
         self.state.history.append(row)
         write_csv(self.state.history, self.run.history_csv)
-        plot_learning_curves(self.state.history, self.emotions, self.run.learning_curves_png)
         summary = " ".join(f"{e}={row[f'{e}_ccc']:.3f}" for e in self.emotions)
         logger.info("epoch %d: train loss %.4f, validation CCC %s, lr %.1e, released %d, best epoch %d%s",
                     epoch, train_loss, summary, learning_rate, self.state.n_released, self.state.best_epoch,

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 AUTHORS_PREFIX = "backbone."
 AUTHORS_HEAD_PREFIX = "logits."
-WRAPPER_PREFIXES = ("module.",)  # nn.DataParallel
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel, torch.compile
 N_KEYS_SHOWN = 3
 
 MISSING_WEIGHTS_HELP = (
@@ -88,21 +88,27 @@ def backbone_state_dict(loaded: object, path: Path | str = "<memory>") -> dict[s
     if not isinstance(loaded, Mapping):
         raise UserError(f"backbone checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
     if isinstance(loaded.get("model"), Mapping):  # a checkpoint of this project
-        model_state = loaded["model"]
-        state = _strip(model_state, AUTHORS_PREFIX)
+        state = _strip(_unwrap(loaded["model"]), AUTHORS_PREFIX)
         if not state:
             raise UserError(
                 f"checkpoint {path} holds a model without a backbone (no 'backbone.*' keys): "
                 "it was trained without the frame modality"
             )
         return state
-    state = {key: value for key, value in loaded.items() if isinstance(value, torch.Tensor)}
-    for prefix in WRAPPER_PREFIXES:
-        if state and all(key.startswith(prefix) for key in state):
-            state = _strip(state, prefix)
-    if any(key.startswith(AUTHORS_PREFIX) for key in state):  # the authors' wrapper
-        return _strip(state, AUTHORS_PREFIX)
+    state = _unwrap(loaded)
+    if any(key.startswith(AUTHORS_PREFIX) for key in state):  # the authors' wrapper: drop its head
+        others = {k: v for k, v in state.items() if not k.startswith((AUTHORS_PREFIX, AUTHORS_HEAD_PREFIX))}
+        return {**_strip(state, AUTHORS_PREFIX), **others}  # anything else is reported as unexpected
     return state
+
+
+def _unwrap(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """Tensor entries, without a prefix that every key shares (nn.DataParallel, torch.compile)."""
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    for prefix in WRAPPER_PREFIXES:
+        if tensors and all(key.startswith(prefix) for key in tensors):
+            tensors = _strip(tensors, prefix)
+    return tensors
 
 
 def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
-from processed_helpers import make_processed_dataset
 
 from base.dataset import WindowDataset, make_loader, shift_labels
 from base.errors import UserError
 from base.processed import ProcessedDataset
+from tests.processed_helpers import make_processed_dataset
 
 WINDOW, HOP = 30, 20
 
@@ -204,3 +204,17 @@ def test_make_loader_with_worker(dataset):
     workers = [b["mfcc"] for b in make_loader(ds, batch_size=4, shuffle=False, num_workers=1)]
     for a, b in zip(single, workers, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_collate_windows_equals_default_collate(dataset):
+    from torch.utils.data import default_collate
+
+    from base.dataset import collate_windows
+
+    ds = _window_dataset(dataset, modalities=("frame", "mfcc"))
+    items = [ds[i] for i in (0, 3, 7)]
+    ours, reference = collate_windows(items), default_collate(items)
+    assert set(ours) == set(reference)
+    for key in ours:
+        assert ours[key].dtype == reference[key].dtype, key
+        assert torch.equal(ours[key], reference[key]), key

@@ -43,16 +43,18 @@ def test_length_mismatch():
 
 def test_evaluate_partition_concatenates_trials():
     rng = np.random.default_rng(0)
-    labels = {"a": rng.uniform(-1, 1, (20, 2)), "b": rng.uniform(-1, 1, (15, 2))}
-    preds = {t: v[:, ::-1] * 0.5 + 0.1 for t, v in labels.items()}  # (n, 2) in emotion order (arousal, valence)
+    labels = {"a": rng.uniform(-1, 1, (20, 2)), "b": rng.uniform(-1, 1, (15, 2))}  # columns: arousal, valence
+    preds = {t: v * 0.5 + 0.1 for t, v in labels.items()}
+    preds["b"][:, 1] = rng.uniform(-1, 1, 15)
     result = evaluate_partition(preds, labels, ("arousal", "valence"))
-    arousal_truth = np.concatenate([labels["a"][:, 1], labels["b"][:, 1]])
+    arousal_truth = np.concatenate([labels["a"][:, 0], labels["b"][:, 0]])
     arousal_pred = np.concatenate([preds["a"][:, 0], preds["b"][:, 0]])
     assert result["arousal"]["ccc"] == pytest.approx(ccc(arousal_pred, arousal_truth))
     assert result["arousal"]["pcc"] == pytest.approx(1.0)
     assert result["valence"]["rmse"] == pytest.approx(rmse(np.concatenate([preds["a"][:, 1], preds["b"][:, 1]]),
-                                                           np.concatenate([labels["a"][:, 0], labels["b"][:, 0]])))
-    assert result["per_trial"]["b"]["valence"]["ccc"] == pytest.approx(ccc(preds["b"][:, 1], labels["b"][:, 0]))
+                                                           np.concatenate([labels["a"][:, 1], labels["b"][:, 1]])))
+    assert result["per_trial"]["b"]["valence"]["ccc"] == pytest.approx(ccc(preds["b"][:, 1], labels["b"][:, 1]))
+    assert result["per_trial"]["a"]["valence"]["pcc"] == pytest.approx(1.0)
     assert set(result) == {"arousal", "valence", "per_trial"}
 
 
@@ -67,6 +69,8 @@ def test_evaluate_partition_single_emotion_picks_label_column():
 def test_evaluate_partition_mismatch():
     with pytest.raises(ValueError, match="trial a: 2 predictions for 3 labels"):
         evaluate_partition({"a": np.zeros((2, 1))}, {"a": np.zeros((3, 2))}, ("valence",))
+    with pytest.raises(ValueError, match=r"labels have 3 columns for emotions \('valence',\)"):
+        evaluate_partition({"a": np.zeros((2, 1))}, {"a": np.zeros((2, 3))}, ("valence",))
     with pytest.raises(ValueError, match="no labels"):
         evaluate_partition({"a": np.zeros((2, 1))}, {}, ("valence",))
 

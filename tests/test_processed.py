@@ -4,10 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
-from processed_helpers import make_processed_dataset
 
 from base.errors import UserError
 from base.processed import ProcessedDataset, file_stem
+from tests.processed_helpers import make_processed_dataset
 
 
 @pytest.fixture

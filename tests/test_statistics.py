@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-from processed_helpers import make_processed_dataset
 
 import calculate_mean_and_std
 from base.folds import fold_split
 from base.processed import ProcessedDataset
 from base.safe_pickle import load_pickle
 from base.statistics import compute_mean_std, merge_moments, moments
+from tests.processed_helpers import make_processed_dataset
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,8 @@ def to_float_mono(waveform: np.ndarray) -> np.ndarray:
         raise UserError(f"audio must be (samples,) or (samples, channels), got shape {waveform.shape}")
     if waveform.size == 0:
         raise UserError("the audio is empty: nothing to compute VGGish features from")
+    if np.issubdtype(waveform.dtype, np.unsignedinteger):
+        raise UserError(f"unsigned integer audio ({waveform.dtype}) is not supported: pass float or signed PCM")
     if np.issubdtype(waveform.dtype, np.integer):
         full_scale = float(2 ** (8 * waveform.dtype.itemsize - 1))  # int16: 32768
         waveform = waveform.astype(np.float32) / np.float32(full_scale)
