@@ -22,8 +22,9 @@ def load_face_frames(face_dir: str | Path, frame_indices: np.ndarray, size: int 
     frames = np.zeros((len(frame_indices), size, size, 3), np.uint8)
     missing = 0
     for row, index in enumerate(frame_indices):
-        image = cv2.imread(str(face_dir / jpg_name(int(index))), cv2.IMREAD_COLOR)
-        if image is None:
+        path = face_dir / jpg_name(int(index))
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+        if image is None:  # the face detector failed there (or the jpg is unreadable)
             missing += 1
             continue
         if image.shape[:2] != (size, size):

@@ -128,11 +128,11 @@ def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, 
 _EXTRACTOR = None
 
 
-def _init_vggish(checkpoint: str, pca_params: str | None, batch_size: int) -> None:
+def _init_vggish(checkpoint: str, pca_params: str | None, batch_size: int, num_threads: int) -> None:
     global _EXTRACTOR
     from vggish import VggishExtractor
 
-    _EXTRACTOR = VggishExtractor(checkpoint, pca_params, batch_size=batch_size, num_threads=1)
+    _EXTRACTOR = VggishExtractor(checkpoint, pca_params, batch_size=batch_size, num_threads=num_threads)
 
 
 def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
@@ -267,7 +267,9 @@ def _run_pools(pending: dict[str, list[Trial]], output: Path, features: FeatureC
                vggish_source: VggishSource, results: dict[str, TrialResult], quiet: bool) -> None:
     context = multiprocessing.get_context("spawn")
     n_audio_workers = max(1, features.jobs)
+    # VGGish is the heaviest stage: half the jobs as processes, the cores shared out as TF threads
     n_vggish_workers = max(1, min(features.jobs, len(pending)) // 2)
+    vggish_threads = max(1, features.jobs // n_vggish_workers)
     cache_root = output / ".cache"
     bars = {name: tqdm(total=total, desc=name, disable=quiet, position=i, leave=True)
             for i, (name, total) in enumerate((("audio", len(pending)), ("vggish", len(pending)),
@@ -275,7 +277,7 @@ def _run_pools(pending: dict[str, list[Trial]], output: Path, features: FeatureC
     with ProcessPoolExecutor(n_audio_workers, mp_context=context) as pool_a, \
             ProcessPoolExecutor(n_vggish_workers, mp_context=context, initializer=_init_vggish,
                                 initargs=(vggish_source.checkpoint, vggish_source.pca_params,
-                                          features.vggish_batch_size)) as pool_b:
+                                          features.vggish_batch_size, vggish_threads)) as pool_b:
         futures: dict[Future, tuple[str, str, Any]] = {}
         for video, video_trials in pending.items():
             cache = str(cache_root / video)

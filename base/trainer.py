@@ -9,7 +9,9 @@ and the plots live in ``base.cross_validation``; file helpers in ``base.run_fold
 Gradual release (SPEC §5): the backbone starts frozen. At epoch 0, and at the start of every epoch
 where the learning rate has fallen below ``min_learning_rate``, the next backbone group is made
 trainable, the best weights so far are reloaded and Adam and the scheduler are re-created at the
-initial learning rate. A trigger with no group left ends training.
+initial learning rate. A trigger with no group left ends training. With ``gradual_release`` off
+nothing is ever released and the backbone stays frozen (as in the authors' code); models without
+a frame modality have no groups and train until early stopping or the epoch budget.
 """
 
 from __future__ import annotations
@@ -91,6 +93,49 @@ def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[
 def clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of a module's state dict (kept on the module's device)."""
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
+
+
+def batch_inputs(
+    batch: Mapping[str, torch.Tensor],
+    modalities: tuple[str, ...],
+    device: torch.device,
+    crop_size: int,
+    train: bool,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """Model inputs of a loader batch on ``device``: frames cropped (random when training) and scaled."""
+    inputs = {}
+    for name in modalities:
+        values = batch[name].to(device, non_blocking=True)
+        if name == Modality.FRAME.value:
+            # (B, T, 48, 48, 3) uint8 -> (B, T, 3, crop, crop) float in [-1, 1]
+            values = prepare_frames(values, crop=crop_size, train=train, generator=generator if train else None)
+        else:
+            values = values.float()  # (B, T, D)
+        inputs[name] = values
+    return inputs
+
+
+def training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    emotions: tuple[str, ...],
+    weights: tuple[float, ...],
+) -> torch.Tensor:
+    """Forward, weighted CCC loss, backward and one optimizer step; returns the (detached) loss."""
+    outputs = model(inputs)  # (B, T, C)
+    loss = weighted_ccc_loss(outputs, labels, mask, emotions, weights)
+    if not torch.isfinite(loss):
+        raise UserError(
+            f"the training loss became {loss.item()}; check the features for extreme values or lower --learning-rate"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 # ----------------------------------------------------------------------------- data and state
@@ -202,18 +247,8 @@ class Trainer:
     # -- batches
 
     def _inputs(self, batch: Mapping[str, Any], train: bool) -> dict[str, torch.Tensor]:
-        inputs = {}
-        for name in self.config.model.modality:
-            values = batch[name].to(self.device, non_blocking=True)
-            if name == Modality.FRAME.value:
-                values = prepare_frames(  # (B, T, 48, 48, 3) uint8 -> (B, T, 3, crop, crop) float
-                    values, crop=self.config.model.crop_size, train=train,
-                    generator=self.generator if train else None,
-                )
-            else:
-                values = values.float()  # (B, T, D)
-            inputs[name] = values
-        return inputs
+        m = self.config.model
+        return batch_inputs(batch, m.modality, self.device, m.crop_size, train, self.generator)
 
     def _loader(self, partition: Partition, shuffle: bool, epoch: int) -> torch.utils.data.DataLoader:
         t = self.config.train
@@ -229,22 +264,13 @@ class Trainer:
         loader = self._loader(self.train_data, shuffle=True, epoch=epoch)
         progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=self.config.train.quiet)
         for batch in progress:
-            outputs = self.model(self._inputs(batch, train=True))  # (B, T, C)
             labels = batch["label"].to(self.device)  # (B, T, 2)
             mask = batch["mask"].to(self.device)  # (B, T)
-            loss = weighted_ccc_loss(outputs, labels, mask, self.emotions, self.weights)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"the training loss became {loss.item()} at epoch {epoch}; "
-                    "check the features for extreme values or lower --learning-rate"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            batch_size = outputs.shape[0]
-            total_loss += loss.item() * batch_size
-            n_windows += batch_size
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+            loss = training_step(self.model, self.optimizer, self._inputs(batch, train=True), labels, mask,
+                                 self.emotions, self.weights).item()
+            total_loss += loss * len(labels)
+            n_windows += len(labels)
+            progress.set_postfix(loss=f"{loss:.3f}")
         return total_loss / max(n_windows, 1)
 
     @torch.no_grad()

@@ -71,20 +71,23 @@ def test_authors_format(processed_demo: Path, demo_database: Path) -> None:
 
 
 def test_labels_survive_into_the_features(processed_demo: Path) -> None:
-    """The audio features sampled at labeled frames still follow arousal (alignment check)."""
-    info = load_pickle(processed_demo / "dataset_info.pkl")
-    trial = next(t for t in info["partition"]["Train_Set"] if not t.endswith(("_left", "_right")))
-    folder = processed_demo / "npy_data" / trial
-    mfcc, label = np.load(folder / "mfcc.npy"), np.load(folder / "label.npy")
-    from base.opensmile_features import MFCC_COLUMNS
+    """Features sampled at the labeled frames still follow the labels (frame/label alignment check)."""
+    from base.opensmile_features import EGEMAPS_COLUMNS
 
-    c0 = MFCC_COLUMNS.index("mfcc0")  # HTK order puts C0 last
-    r = np.corrcoef(mfcc[:, c0], label[:, 1])[0, 1]  # C0 ~ loudness, arousal -> loudness
-    assert r > 0.6, r
-    frame = np.load(folder / "frame.npy").astype(float)
-    present = frame.reshape(len(frame), -1).max(1) > 0
-    brightness = frame[present][:, 14:34, 14:34].mean(axis=(1, 2, 3))
-    assert np.corrcoef(brightness, label[present, 0])[0, 1] > 0.8
+    info = load_pickle(processed_demo / "dataset_info.pkl")
+    trials = [t for p in ("Train_Set", "Validation_Set") for t in info["partition"][p]
+              if not t.endswith(("_left", "_right"))]
+    loudness, brightness, labels = [], [], []
+    for trial in trials:
+        folder = processed_demo / "npy_data" / trial
+        egemaps, frame = np.load(folder / "egemaps.npy"), np.load(folder / "frame.npy").astype(float)
+        present = frame.reshape(len(frame), -1).max(1) > 0
+        loudness.append(egemaps[present, EGEMAPS_COLUMNS.index("Loudness_sma3")])
+        brightness.append(frame[present][:, 14:34, 14:34].mean(axis=(1, 2, 3)))
+        labels.append(np.load(folder / "label.npy")[present])
+    labels = np.concatenate(labels)
+    assert np.corrcoef(np.concatenate(brightness), labels[:, 0])[0, 1] > 0.8
+    assert np.corrcoef(np.concatenate(loudness), labels[:, 1])[0, 1] > 0.6
 
 
 def test_rerun_skips_finished_trials(processed_demo: Path, demo_database: Path, capsys) -> None:
