@@ -22,14 +22,15 @@ import enum
 import json
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from base.errors import UserError
 
 
-class Modality(str, enum.Enum):
+class Modality(enum.StrEnum):
     """Input streams a model can read; the value is the npy file stem on disk (SPEC §2, §9)."""
 
     FRAME = "frame"

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SUMMARY_NAME = "preprocessing_summary.csv"
 META_NAME = "meta.json"
 SUMMARY_COLUMNS = ("trial", "partition", "video", "video_frames", "labeled", "missing_faces",
-                   "audio_s", "video_s", "status", "message")
+                   "audio_s", "video_s", "status", "message", "openface")
 FEATURE_FILES = ("frame", "mfcc", "egemaps", "vggish", "label")
 
 
@@ -68,6 +68,7 @@ class TrialResult:
     video_s: float = 0.0
     status: str = "ok"
     message: str = ""
+    openface: str = ""  # "", "ok" or why OpenFace features are missing
     extra: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
@@ -200,6 +201,70 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     return result
 
 
+def frame_indices_of(trial: Trial, output: Path) -> np.ndarray:
+    """The video frame indices a finished trial's arrays hold (labeled frames, or all for test)."""
+    if trial.annotation_path is not None:
+        return read_annotation(trial.annotation_path).labeled_indices
+    meta = json.loads((output / "npy_data" / trial.name / META_NAME).read_text())
+    return np.arange(int(meta["n"]))
+
+
+def openface_stage(trial: Trial, output: str, features: FeatureConfig) -> str:
+    """Optional stage 4: ``landmark.npy`` and ``au.npy`` from OpenFace, added to a finished trial."""
+    from base import openface
+
+    output_path = Path(output)
+    trial_dir = output_path / "npy_data" / trial.name
+    images = openface.list_face_images(trial.face_dir)
+    if features.openface_output:
+        csv_path = openface.existing_csv(features.openface_output, trial.name)
+        if csv_path is None:
+            raise UserError(f"no OpenFace CSV {trial.name}.csv in {features.openface_output}")
+    else:
+        out_dir = output_path / ".cache" / "openface" / trial.name
+        csv_path = openface.run_feature_extraction(features.openface_bin, trial.face_dir, out_dir, trial.name)
+    frames = openface.read_openface_csv(csv_path)
+    landmark, au = openface.openface_features(
+        frames, frame_indices_of(trial, output_path), len(images),
+        image_frame_numbers=openface.face_image_frame_numbers(images))
+    openface.write_openface_arrays(trial_dir, landmark, au)
+    if not features.openface_output:
+        shutil.rmtree(output_path / ".cache" / "openface" / trial.name, ignore_errors=True)
+    return "ok"
+
+
+def _has_openface(output: Path, trial: Trial) -> bool:
+    folder = output / "npy_data" / trial.name
+    return (folder / "landmark.npy").is_file() and (folder / "au.npy").is_file()
+
+
+def _run_openface(trials: list[Trial], output: Path, features: FeatureConfig,
+                  results: dict[str, TrialResult], quiet: bool) -> None:
+    from base.openface import find_openface
+
+    if features.openface_bin:
+        find_openface(features.openface_bin)  # one clear error before any work
+    elif not Path(features.openface_output).is_dir():
+        raise UserError(f"OpenFace output folder {features.openface_output} does not exist")
+    todo = [t for t in trials if results[t.name].status != "skipped" and (output / "npy_data" / t.name).is_dir()]
+    for trial in todo:
+        if _has_openface(output, trial):
+            results[trial.name].openface = "ok"
+    todo = [t for t in todo if not results[t.name].openface]
+    if not todo:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max(1, features.jobs), mp_context=context) as pool:
+        futures = {pool.submit(openface_stage, t, str(output), features): t for t in todo}
+        for future in tqdm(futures, desc="openface", disable=quiet):
+            trial = futures[future]
+            error = future.exception()
+            results[trial.name].openface = "ok" if error is None else _error_message(error)
+            if error is not None:
+                log.warning("OpenFace features of trial %s: %s (its other features are kept)",
+                            trial.name, _error_message(error))
+
+
 # ----------------------------------------------------------------------------- orchestration
 
 
@@ -254,6 +319,8 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
     for video, video_trials in pending.items():
         if not keep_cache and all(results[t.name].status == "ok" for t in video_trials):
             shutil.rmtree(output / ".cache" / video, ignore_errors=True)
+    if features.openface_bin or features.openface_output:
+        _run_openface(trials, output, features, results, quiet)
     ordered = [results[t.name] for t in trials]
     for result in ordered:
         if result.status == "skipped":

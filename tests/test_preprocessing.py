@@ -188,3 +188,41 @@ def test_clear_errors_for_bad_arguments(demo_database: Path, tmp_path: Path, cap
     empty.mkdir()
     assert _run(["--database", str(empty), "--output", str(tmp_path / "o2")]) == 2
     assert "annotations/VA_Set" in capsys.readouterr().err
+
+
+def test_openface_features_join_finished_trials(processed_demo: Path, demo_database: Path, tmp_path: Path) -> None:
+    """``--openface-bin`` adds landmark.npy/au.npy to each trial, other arrays untouched (SPEC §9)."""
+    from tests.openface_helpers import write_fake_feature_extraction
+
+    output = tmp_path / "with_openface"
+    shutil.copytree(processed_demo, output)
+    before = _arrays(output)
+    fake = write_fake_feature_extraction(tmp_path / "Open Face" / "FeatureExtraction", tmp_path / "argv.json")
+    assert _run(["--database", str(demo_database), "--output", str(output), "--quiet",
+                 "--openface-bin", str(fake)]) == 0
+    info = load_pickle(output / "dataset_info.pkl")
+    for trials in info["partition"].values():
+        for trial, n in trials.items():
+            assert np.load(output / "npy_data" / trial / "landmark.npy").shape == (n, 68, 2)
+            assert np.load(output / "npy_data" / trial / "au.npy").shape == (n, 17)
+    after = _arrays(output)
+    assert {k: v for k, v in after.items() if k in before} == before
+    rows = list(csv.DictReader(open(output / "preprocessing_summary.csv")))
+    assert {r["openface"] for r in rows} == {"ok"}
+
+
+def test_openface_failure_keeps_the_trial(processed_demo: Path, demo_database: Path, tmp_path: Path) -> None:
+    from tests.openface_helpers import write_fake_feature_extraction
+
+    output = tmp_path / "failing_openface"
+    shutil.copytree(processed_demo, output)
+    fake = write_fake_feature_extraction(tmp_path / "FeatureExtraction", tmp_path / "argv.json", exit_code=3,
+                                         stderr_lines=["could not open the model files"])
+    assert _run(["--database", str(demo_database), "--output", str(output), "--quiet",
+                 "--openface-bin", str(fake)]) == 0
+    rows = list(csv.DictReader(open(output / "preprocessing_summary.csv")))
+    assert all("could not open the model files" in r["openface"] for r in rows)
+    assert all(r["status"] == "done earlier" for r in rows)
+    assert not list((output / "npy_data").rglob("landmark.npy"))
+    assert _run(["--database", str(demo_database), "--output", str(output), "--quiet",
+                 "--openface-bin", str(tmp_path / "missing" / "FeatureExtraction")]) == 2
