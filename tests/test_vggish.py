@@ -20,6 +20,7 @@ from vggish import params
 from vggish.checkpoint import (
     PcaParams,
     check_checkpoint,
+    check_pca_params,
     load_pca_params,
     read_checkpoint_variables,
     write_random_checkpoint,
@@ -194,6 +195,8 @@ def test_pca_params_errors(tmp_path):
     np.savez(wrong_shape, pca_eigen_vectors=np.eye(64), pca_means=np.zeros((128, 1)))
     with pytest.raises(UserError, match=r"pca_eigen_vectors \(64, 64\) .* expected \(128, 128\)"):
         load_pca_params(wrong_shape)
+    with pytest.raises(UserError, match=r"pca_eigen_vectors \(64, 64\)"):
+        check_pca_params(wrong_shape)
     not_npz = tmp_path / "not.npz"
     not_npz.write_text("hello")
     with pytest.raises(UserError, match="could not be read as a numpy .npz file"):

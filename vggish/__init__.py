@@ -15,6 +15,7 @@ Modules:
 from vggish.checkpoint import (
     PcaParams,
     check_checkpoint,
+    check_pca_params,
     load_pca_params,
     write_random_checkpoint,
     write_random_pca_params,
@@ -25,6 +26,7 @@ __all__ = [
     "PcaParams",
     "VggishExtractor",
     "check_checkpoint",
+    "check_pca_params",
     "load_pca_params",
     "patch_starts",
     "write_random_checkpoint",

@@ -348,6 +348,11 @@ def load_pca_params(path: str | Path) -> PcaParams:
     return PcaParams(vectors, means.reshape(size, 1))
 
 
+def check_pca_params(path: str | Path) -> None:
+    """Check ``vggish_pca_params.npz`` (see ``load_pca_params``); raises UserError when wrong."""
+    load_pca_params(path)
+
+
 # ----------------------------------------------------------------------------- random weights
 
 
