@@ -18,8 +18,13 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# The whole pipeline on the embedded demo: database -> features -> statistics -> fold-0 training.
 demo: venv
-	$(PY) demo.py --workspace $(DEMO_DIR)
+	$(PY) preprocessing.py --make-demo $(DEMO_DIR)/Affwild2
+	$(PY) preprocessing.py --database $(DEMO_DIR)/Affwild2 --output $(DEMO_DIR)/Affwild2_processed --jobs 2
+	$(PY) calculate_mean_and_std.py --output $(DEMO_DIR)/Affwild2_processed
+	$(PY) main.py --demo --dataset-path $(DEMO_DIR)/Affwild2_processed --save-path $(DEMO_DIR)/runs \
+		--fold 0 --emotion both --modality frame vggish mfcc
 
 test: venv
 	$(PY) -m ruff check .

@@ -76,12 +76,12 @@ class DemoConfig:
     """A small database in the exact Aff-Wild2 layout whose faces and sounds carry the labels."""
 
     demo_seed: int = 0
-    demo_fps: float = 10.0  # frames per second of every demo video
+    demo_fps: float = 5.0  # frames per second of every demo video (labels vary slowly; IR-50 is costly on CPU)
     demo_n_train_videos: int = 6  # one of them has two people (_left/_right trials)
     demo_n_validation_videos: int = 2
     demo_n_test_videos: int = 2
-    demo_min_seconds: float = 24.0
-    demo_max_seconds: float = 36.0
+    demo_min_seconds: float = 16.0
+    demo_max_seconds: float = 24.0
     demo_video_size: int = 160  # square video side, pixels
     demo_face_size: int = 112  # cropped_aligned jpg side, pixels (as Aff-Wild2)
     demo_missing_face_rate: float = 0.03  # fraction of frames whose jpg is missing
@@ -96,7 +96,7 @@ class FeatureConfig:
     frame_size: int = 48  # side of the stored face crops, pixels
     sample_rate: int = 16000  # Hz of the extracted wav
     opensmile_hop_s: float = 0.01  # openSMILE frame step
-    vggish_batch_size: int = 256  # patches per VGGish forward pass (bounds memory)
+    vggish_batch_size: int = 64  # patches per VGGish forward pass (bounds memory; 256 costs +500 MiB, no faster)
     vggish_checkpoint: str = ""  # vggish_model.ckpt of the AudioSet release
     vggish_pca_params: str = ""  # vggish_pca_params.npz (kept for completeness; embedding is pre-PCA)
     jobs: int = 1  # worker processes over videos
@@ -166,6 +166,8 @@ class TrainConfig:
     save_model: bool = True
     n_plot_trials: int = 3
     quiet: bool = False
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 only on CUDA, with a gradient scaler)
+    channels_last: bool = False  # channels_last memory format for the IR-50 backbone
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,85 @@ class Config:
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
+FIELD_HELP: dict[str, str] = {
+    # demo
+    "demo_seed": "seed of the demo database (everything in it is deterministic from it)",
+    "demo_fps": "frames per second of the demo videos",
+    "demo_n_train_videos": "demo training videos (one has two people: _left/_right trials)",
+    "demo_n_validation_videos": "demo validation videos",
+    "demo_n_test_videos": "demo test videos (no annotations)",
+    "demo_min_seconds": "shortest demo video, seconds",
+    "demo_max_seconds": "longest demo video, seconds",
+    "demo_video_size": "side of a demo video (per person), pixels",
+    "demo_face_size": "side of the cropped_aligned jpgs, pixels",
+    "demo_missing_face_rate": "fraction of demo frames whose face jpg is missing",
+    "demo_unlabeled_rate": "fraction of demo annotation rows marked -5",
+    "demo_sample_rate": "sample rate of the demo audio tracks, Hz",
+    # features
+    "frame_size": "side of the stored face crops (frame.npy), pixels",
+    "sample_rate": "sample rate of the extracted wav, Hz",
+    "opensmile_hop_s": "openSMILE frame step, seconds",
+    "vggish_batch_size": "VGGish patches per forward pass (bounds memory)",
+    "vggish_checkpoint": "vggish_model.ckpt of the AudioSet VGGish release (required except for the demo)",
+    "vggish_pca_params": "vggish_pca_params.npz of the release (checked; the stored embedding is pre-PCA)",
+    "jobs": "worker processes over videos",
+    "max_label_frame_mismatch": "largest tolerated |annotation rows - video frames| / video frames",
+    "openface_bin": "OpenFace FeatureExtraction binary: adds landmark.npy and au.npy (optional, not bundled)",
+    "openface_output": "folder of existing OpenFace CSVs named <trial>.csv (instead of --openface-bin)",
+    # model
+    "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
+    "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
+    "emotion": "valence, arousal or both (both: two outputs)",
+    "head": "sh: single-headed; mh: both outputs, the chosen emotion's loss weighted x10",
+    "backbone_mode": "ir or ir_se (squeeze-excitation) IR-50 backbone",
+    "backbone_checkpoint": "res50_ir_0.887.pth (the authors' FER+ fine-tuned IR-50) or a backbone state dict",
+    "random_backbone": "allow random backbone weights when no checkpoint is given",
+    "crop_size": "backbone input side: random (train) / centre (eval) crop of the 48x48 frames",
+    "cnn1d_embedding_dim": "width of the visual embedding fed to the visual TCN",
+    "cnn1d_channels": "visual TCN widths, one per level (dilations 1, 2, 4, ...)",
+    "aural_channels": "TCN widths of each follower modality",
+    "cnn1d_kernel_size": "TCN kernel size",
+    "cnn1d_dropout": "TCN dropout",
+    "fusion_dim": "key/query/value width of the attentive fusion",
+    "fusion_quirk": "reproduce the authors' defect (follower queries/values computed from their keys)",
+    "backbone_chunk_size": "frames per backbone pass (bounds memory on long windows)",
+    "follower_mode": "how non-leading modalities enter the model",
+    # train
+    "dataset_path": "preprocessed dataset (dataset_info.pkl, mean_std_dict.pkl, npy_data/)",
+    "save_path": "folder of the run folders",
+    "experiment_name": "first part of every run folder name",
+    "stamp": "last part of every run folder name (tell runs apart)",
+    "fold": "fold(s) 0-5 to run in sequence (fold 0: the original train/validation split)",
+    "window_length": "frames per training window",
+    "hop_length": "frames between window starts",
+    "batch_size": "windows per batch",
+    "learning_rate": "Adam learning rate (also after each backbone release)",
+    "min_learning_rate": "below it, the next backbone group is released (or training stops)",
+    "weight_decay": "Adam weight decay",
+    "num_epochs": "most epochs",
+    "min_num_epochs": "epochs before early stopping may count",
+    "early_stopping": "stop after this many epochs without a better validation CCC",
+    "patience": "ReduceLROnPlateau patience, epochs",
+    "factor": "ReduceLROnPlateau factor",
+    "gradual_release": "release backbone groups gradually (output layer, stage 4, end of stage 3)",
+    "release_count": "how many backbone groups may be released",
+    "load_best_at_each_epoch": "reload the best weights after an epoch that did not improve",
+    "time_delay": "shift labels by this many frames (the last is repeated)",
+    "multi_head_weight": "loss weight of the chosen emotion with --head mh",
+    "seed": "random seed (python, numpy, torch, shuffling, crops)",
+    "device": "auto, cpu, cuda or cuda:N",
+    "num_workers": "DataLoader worker processes",
+    "cpu_threads": "torch CPU threads (the authors' -cpu); 0 keeps torch's default",
+    "resume": "continue from the run folder's checkpoint.pt",
+    "debug": "load only this many trials per partition (0: all)",
+    "save_model": "write best.pt",
+    "n_plot_trials": "validation trials drawn in traces.png",
+    "quiet": "warnings only, no progress bars",
+    "precision": "fp32, bf16 or fp16 autocast for the model (fp16 only on CUDA, with a gradient scaler)",
+    "channels_last": "store the IR-50 backbone in channels_last memory format (faster convolutions on GPUs)",
+}
+
+
 
 def demo_overrides() -> dict[str, Any]:
     """The small recipe that trains the demo on 2 CPU cores in minutes (the paper's is for GPUs)."""
@@ -185,10 +266,12 @@ def demo_overrides() -> dict[str, Any]:
         "train": {
             "learning_rate": 1e-3,
             "min_learning_rate": 1e-5,
-            "num_epochs": 8,
-            "early_stopping": 8,
+            "num_epochs": 6,
+            "early_stopping": 6,
             "patience": 2,
-            "batch_size": 4,
+            "batch_size": 2,
+            "window_length": 100,
+            "hop_length": 100,
             "stamp": "demo",
         },
         "model": {"random_backbone": True},
@@ -386,7 +469,8 @@ def add_config_arguments(
             else:
                 kwargs.update(type=annotation, metavar=f.name.upper())
                 shown = str(default) if default != "" else "''"
-            group.add_argument(*names, help=f"(default: {shown})", **kwargs)
+            description = FIELD_HELP.get(f.name, "")
+            group.add_argument(*names, help=f"{description} (default: {shown})".strip(), **kwargs)
 
 
 def _parse_bool(text: str) -> bool:

@@ -8,6 +8,7 @@ Examples::
         -train_emotion valence -folds_to_run 4 -resume 0
 
 Settings resolve as: defaults <- ``--demo`` recipe <- ``--config FILE`` <- flags.
+Several GPUs: ``torchrun --nproc_per_node N main.py ...`` (DDP; rank 0 writes the files).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from base.cross_validation import ccc_line, format_summary, run_cross_validation
 from base.devices import gpu_index_to_device, set_cpu_threads
+from base.distributed import init_distributed, rank_config, shutdown_distributed
 from base.errors import UserError, run_cli, setup_logging
 from configs import Config, add_config_arguments, demo_overrides, resolve
 
@@ -124,11 +126,17 @@ def parse_config(argv: list[str] | None = None) -> Config:
 def main(argv: list[str] | None = None) -> int:
     """Parse, train every requested fold, print the summary table and the validation CCC line."""
     config = parse_config(argv)
-    setup_logging(config.train.quiet)
-    set_cpu_threads(config.train.cpu_threads)
-    results = run_cross_validation(config)
-    print(format_summary(results))
-    print(ccc_line(results))
+    context = init_distributed(config.train.device)  # a 1-process context unless started by torchrun
+    try:
+        config = rank_config(config, context)
+        setup_logging(config.train.quiet)
+        set_cpu_threads(config.train.cpu_threads)
+        results = run_cross_validation(config, context)
+        if context.is_main:
+            print(format_summary(results))
+            print(ccc_line(results))
+    finally:
+        shutdown_distributed()
     return 0
 
 

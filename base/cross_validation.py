@@ -5,6 +5,9 @@ fold in ``config.train.fold``: builds the fold's windows (features z-scored with
 that fold and of the partition each window belongs to), the model and a ``Trainer``, trains with
 resume support, evaluates the best weights and writes the run folder. The per-fold results go to
 ``<save_path>/<prefix>_<stamp>_cv_summary.csv``.
+
+Under ``torchrun`` every rank runs this with its ``DistributedContext`` (``base.distributed``);
+only rank 0 writes the run folder and the summary.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tqdm import tqdm
 from base.checkpointing import check_resumable, load_torch_file, seed_everything
 from base.dataset import WindowDataset
 from base.devices import resolve_device
+from base.distributed import DistributedContext
 from base.errors import UserError
 from base.folds import TRAIN_PARTITION, VALIDATION_PARTITION, check_fold, fold_split
 from base.plots import plot_learning_curves, plot_traces
@@ -124,10 +128,14 @@ def run_fold(
     fold: int,
     device: torch.device,
     mean_std: Mapping[str, Any] | None,
+    context: DistributedContext | None = None,
 ) -> FoldResult:
-    """Train (or resume) one fold, evaluate its best weights and fill its run folder."""
+    """Train (or resume) one fold, evaluate its best weights and fill its run folder (rank 0 only)."""
     config = fold_config(config, fold)
-    run = run_folder(config, fold).create()
+    is_main = context is None or context.is_main
+    run = run_folder(config, fold)
+    if is_main:
+        run.create()
     checkpoint = None
     if config.train.resume and run.checkpoint.is_file():
         checkpoint = load_torch_file(run.checkpoint)
@@ -147,16 +155,23 @@ def run_fold(
                 fold, len(train.trials), len(train.windows), len(validation.trials), len(validation.windows),
                 run.path)
 
-    trainer = Trainer(model, config, device, run, train, validation)
+    trainer = Trainer(model, config, device, run, train, validation, context)
     if checkpoint is not None:
         trainer.restore(checkpoint)
-    save_config(config, run.path)
+    if is_main:
+        save_config(config, run.path)
     state = trainer.fit()
 
     trainer.load_best()
     evaluation = trainer.evaluate(validation)
     emotions = output_emotions(config.model)
     overall = {emotion: dict(evaluation.metrics[emotion]) for emotion in emotions}
+    result = FoldResult(
+        fold=fold, run_dir=run.path, best_epoch=state.best_epoch, epochs_run=state.next_epoch,
+        stop_reason=state.stop_reason, emotions=trained_emotions(config.model), metrics=overall,
+    )
+    if not is_main:
+        return result
     write_json({
         "fold": fold,
         "run": run.name,
@@ -172,26 +187,27 @@ def run_fold(
         plot_learning_curves(state.history, emotions, run.learning_curves_png)
     plot_traces(evaluation.predictions, evaluation.labels, validation.trials[: config.train.n_plot_trials],
                 emotions, run.traces_png)
-    return FoldResult(
-        fold=fold, run_dir=run.path, best_epoch=state.best_epoch, epochs_run=state.next_epoch,
-        stop_reason=state.stop_reason, emotions=trained_emotions(config.model), metrics=overall,
-    )
+    return result
 
 
 # ----------------------------------------------------------------------------- all folds
 
 
-def run_cross_validation(config: Config) -> list[FoldResult]:
-    """Run every fold of ``config.train.fold`` in sequence and write the CV summary CSV."""
-    device = resolve_device(config.train.device)
+def run_cross_validation(config: Config, context: DistributedContext | None = None) -> list[FoldResult]:
+    """Run every fold of ``config.train.fold`` in sequence and write the CV summary CSV.
+
+    ``context``: this process's place in a ``torchrun`` run (its device wins over ``device``).
+    """
+    device = context.device if context is not None else resolve_device(config.train.device)
     dataset = open_dataset(config)
     folds = [check_fold(fold) for fold in config.train.fold]
     used = sorted({trial for fold in folds for trial in sum(fold_trials(dataset, fold, config.train.debug), [])})
     check_trials(dataset, used, config.model.modality, config.train.quiet)
     mean_std = dataset.mean_std() if needs_statistics(config.model.modality) else None
     logger.info("device %s; folds %s; %d trials checked", device, folds, len(used))
-    results = [run_fold(config, dataset, fold, device, mean_std) for fold in folds]
-    write_csv(summary_rows(results), cv_summary_path(config))
+    results = [run_fold(config, dataset, fold, device, mean_std, context) for fold in folds]
+    if context is None or context.is_main:
+        write_csv(summary_rows(results), cv_summary_path(config))
     return results
 
 

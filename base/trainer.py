@@ -12,10 +12,17 @@ trainable, the best weights so far are reloaded and Adam and the scheduler are r
 initial learning rate. A trigger with no group left ends training. With ``gradual_release`` off
 nothing is ever released and the backbone stays frozen (as in the authors' code); models without
 a frame modality have no groups and train until early stopping or the epoch budget.
+
+Under ``torchrun`` (``base.distributed``) the training step runs the model wrapped in
+DistributedDataParallel, every rank sees its share of the windows, evaluation outputs are gathered
+from all ranks before the overlap averaging and the CCC, and only rank 0 writes files. ``precision``
+bf16/fp16 runs the model under autocast (the loss stays fp32; fp16 adds a gradient scaler) and
+``channels_last`` stores the backbone in that memory format.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import time
@@ -31,6 +38,13 @@ from tqdm import tqdm
 from base.augment import prepare_frames
 from base.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
 from base.dataset import WindowDataset, make_loader
+from base.distributed import (
+    DistributedContext,
+    gather_window_pieces,
+    shard_dataset,
+    sum_across_ranks,
+    wrap_model,
+)
 from base.errors import UserError
 from base.metrics import ccc_loss, evaluate_partition
 from base.run_folder import RunFolder, write_csv
@@ -41,6 +55,17 @@ logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = {"valence": 0, "arousal": 1}  # columns of label.npy (SPEC §2)
 CHECKPOINT_FORMAT = 1
+
+
+class Precision(enum.StrEnum):
+    """Arithmetic of the model's forward pass (``precision`` config key)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+AUTOCAST_DTYPE = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -85,6 +110,19 @@ def weighted_ccc_loss(
     return torch.stack(losses).mean()
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: plain fp32); UserError when unusable."""
+    try:
+        chosen = Precision(precision)
+    except ValueError:
+        raise UserError(f"config key 'precision' must be fp32, bf16 or fp16, got '{precision}'") from None
+    if chosen is Precision.FP16 and device.type != "cuda":
+        raise UserError("precision fp16 needs a CUDA device (with its gradient scaler); use bf16 on the CPU")
+    if chosen is Precision.BF16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"this GPU ({torch.cuda.get_device_name(device)}) does not support bf16; use fp16")
+    return AUTOCAST_DTYPE[chosen]
+
+
 def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[str, ...]) -> float:
     """Mean partition CCC over ``emotions``: the figure that selects the best epoch."""
     return float(np.mean([metrics[emotion]["ccc"] for emotion in emotions]))
@@ -124,17 +162,29 @@ def training_step(
     mask: torch.Tensor,
     emotions: tuple[str, ...],
     weights: tuple[float, ...],
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
-    """Forward, weighted CCC loss, backward and one optimizer step; returns the (detached) loss."""
-    outputs = model(inputs)  # (B, T, C)
-    loss = weighted_ccc_loss(outputs, labels, mask, emotions, weights)
+    """Forward, weighted CCC loss, backward and one optimizer step; returns the (detached) loss.
+
+    ``amp_dtype`` runs the forward pass under autocast (the loss is computed in fp32); ``scaler``
+    scales the loss for fp16.
+    """
+    with torch.autocast(labels.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        outputs = model(inputs)  # (B, T, C)
+    loss = weighted_ccc_loss(outputs.float(), labels, mask, emotions, weights)
     if not torch.isfinite(loss):
         raise UserError(
             f"the training loss became {loss.item()}; check the features for extreme values or lower --learning-rate"
         )
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return loss.detach()
 
 
@@ -187,8 +237,15 @@ class Trainer:
         run: RunFolder,
         train: Partition,
         validation: Partition,
+        context: DistributedContext | None = None,
     ) -> None:
         self.model = model.to(device)
+        if config.train.channels_last and getattr(self.model, "backbone", None) is not None:
+            self.model.backbone.to(memory_format=torch.channels_last)
+        self.context = context or DistributedContext(device=device)
+        self.amp_dtype = autocast_dtype(config.train.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        self._ddp: tuple[tuple[bool, ...], nn.Module] | None = None  # (trainable flags, wrapper)
         self.config = config
         self.device = device
         self.run = run
@@ -214,6 +271,17 @@ class Trainer:
             optimizer, mode="max", patience=t.patience, factor=t.factor
         )
         return optimizer, scheduler
+
+    @property
+    def train_model(self) -> nn.Module:
+        """What the training step runs: the model, in DDP when distributed (re-wrapped after a release)."""
+        if not self.context.is_distributed:
+            return self.model
+        trainable = tuple(p.requires_grad for p in self.model.parameters())
+        if self._ddp is None or self._ddp[0] != trainable:
+            self._ddp = None  # the old wrapper's gradient hooks go with it
+            self._ddp = (trainable, wrap_model(self.model, self.context))
+        return self._ddp[1]
 
     @property
     def learning_rate(self) -> float:
@@ -252,8 +320,11 @@ class Trainer:
 
     def _loader(self, partition: Partition, shuffle: bool, epoch: int) -> torch.utils.data.DataLoader:
         t = self.config.train
+        windows = partition.windows
+        if self.context.is_distributed:  # this rank's share, already in the epoch's shuffled order
+            windows, shuffle = shard_dataset(windows, self.context, shuffle, t.seed, epoch), False
         return make_loader(
-            partition.windows, batch_size=t.batch_size, shuffle=shuffle, seed=t.seed, epoch=epoch,
+            windows, batch_size=t.batch_size, shuffle=shuffle, seed=t.seed, epoch=epoch,
             num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
         )
 
@@ -266,11 +337,12 @@ class Trainer:
         for batch in progress:
             labels = batch["label"].to(self.device)  # (B, T, 2)
             mask = batch["mask"].to(self.device)  # (B, T)
-            loss = training_step(self.model, self.optimizer, self._inputs(batch, train=True), labels, mask,
-                                 self.emotions, self.weights).item()
+            loss = training_step(self.train_model, self.optimizer, self._inputs(batch, train=True), labels, mask,
+                                 self.emotions, self.weights, self.amp_dtype, self.scaler).item()
             total_loss += loss * len(labels)
             n_windows += len(labels)
             progress.set_postfix(loss=f"{loss:.3f}")
+        total_loss, n_windows = sum_across_ranks((total_loss, n_windows), self.context)
         return total_loss / max(n_windows, 1)
 
     @torch.no_grad()
@@ -281,12 +353,15 @@ class Trainer:
         label_columns = [LABEL_COLUMN[emotion] for emotion in self.emotions]
         loader = self._loader(partition, shuffle=False, epoch=0)
         for batch in tqdm(loader, desc="validate", leave=False, disable=self.config.train.quiet):
-            outputs = self.model(self._inputs(batch, train=False)).float().cpu().numpy()  # (B, T, C)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = self.model(self._inputs(batch, train=False))
+            outputs = outputs.float().cpu().numpy()  # (B, T, C)
             labels = batch["label"].numpy()[..., label_columns]  # (B, T, C)
             for row, trial_index in enumerate(batch["trial_index"].tolist()):
                 pieces.setdefault(trial_index, []).append(
                     (int(batch["start"][row]), int(batch["length"][row]), outputs[row], labels[row])
                 )
+        pieces = gather_window_pieces(pieces, self.context)  # every rank's windows, on every rank
         predictions, labels = {}, {}
         for trial_index, windows in pieces.items():
             trial = partition.trials[trial_index]
@@ -335,7 +410,7 @@ class Trainer:
             self.state.best_epoch = epoch
             self.state.epochs_without_improvement = 0
             self.best_state = clone_state(self.model)
-            if self.config.train.save_model:
+            if self.config.train.save_model and self.context.is_main:
                 atomic_torch_save(
                     {"model": self.best_state, "config": to_dict(self.config), "epoch": epoch, "score": score},
                     self.run.best,
@@ -352,7 +427,8 @@ class Trainer:
         row.update(score=score, improved=int(improved), lr=learning_rate, n_released=self.state.n_released,
                    seconds=round(time.perf_counter() - started, 3))
         self.state.history.append(row)
-        write_csv(self.state.history, self.run.history_csv)
+        if self.context.is_main:
+            write_csv(self.state.history, self.run.history_csv)
         summary = " ".join(f"{e}={row[f'{e}_ccc']:.3f}" for e in self.emotions)
         logger.info("epoch %d: train loss %.4f, validation CCC %s, lr %.1e, released %d, best epoch %d%s",
                     epoch, train_loss, summary, learning_rate, self.state.n_released, self.state.best_epoch,
@@ -362,7 +438,7 @@ class Trainer:
 
     def checkpoint_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run as if it had never stopped."""
-        return {
+        checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "config": to_dict(self.config),
             "model": self.model.state_dict(),
@@ -372,9 +448,13 @@ class Trainer:
             "rng": capture_rng_state(self.generator),
             "state": asdict(self.state),
         }
+        if self.scaler is not None:
+            checkpoint["scaler"] = self.scaler.state_dict()
+        return checkpoint
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.checkpoint_dict(), self.run.checkpoint)
+        if self.context.is_main:
+            atomic_torch_save(self.checkpoint_dict(), self.run.checkpoint)
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Continue from ``checkpoint_dict()`` output (the caller checked its config)."""
@@ -388,6 +468,8 @@ class Trainer:
         self.optimizer, self.scheduler = self._new_optimizer()
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.scaler is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"], self.generator)
         logger.info("resumed %s after epoch %d (best epoch %d)", self.run.name, self.state.next_epoch - 1,
                     self.state.best_epoch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import resource
 import sys
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def make_batch(modalities: tuple[str, ...], n_windows: int, n_frames: int,
 
 
 def time_variant(variant: str, args: argparse.Namespace, device: torch.device) -> dict[str, float | str]:
-    """Mean seconds per step and peak CUDA memory of one variant."""
+    """Mean seconds per step and peak memory (CUDA allocations, or the process's resident set)."""
     config = ModelConfig(
         modality=VARIANT_MODALITIES[variant], random_backbone=True, backbone_chunk_size=args.chunk_size,
         backbone_mode=args.backbone_mode,
@@ -91,7 +92,10 @@ def time_variant(variant: str, args: argparse.Namespace, device: torch.device) -
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / args.steps
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident memory so far (Linux reports KiB)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {"variant": variant, "seconds": seconds, "frames_per_s": args.batch_size * args.window / seconds,
             "peak_gib": peak}
 
@@ -109,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         f"backbone {args.backbone_mode}, chunk {args.chunk_size}, amp {args.amp}, "
         f"channels_last {args.channels_last}, threads {torch.get_num_threads()}, torch {torch.__version__}"
     )
-    print(f"{'variant':<10} {'device':<8} {'s/step':>9} {'frames/s':>10} {'peak GiB':>9}")
+    memory = "CUDA peak GiB" if device.type == "cuda" else "peak RSS GiB"
+    print(f"{'variant':<10} {'device':<8} {'s/step':>9} {'frames/s':>10} {memory:>14}")
     for variant in args.variants:
         row = time_variant(variant, args, device)
-        peak = "-" if row["peak_gib"] != row["peak_gib"] else f"{row['peak_gib']:.2f}"
-        print(f"{variant:<10} {device.type:<8} {row['seconds']:>9.3f} {row['frames_per_s']:>10.1f} {peak:>9}")
+        print(
+            f"{variant:<10} {device.type:<8} {row['seconds']:>9.3f} {row['frames_per_s']:>10.1f} "
+            f"{row['peak_gib']:>14.2f}"
+        )
     return 0
 
 

@@ -94,3 +94,10 @@ def test_save_config_round_trips(tmp_path: Path) -> None:
     path = configs.save_config(c, tmp_path / "run")
     assert path.name == "config.json"
     assert configs.from_dict(json.loads(path.read_text())) == c
+
+
+def test_every_field_has_help_text() -> None:
+    assert set(configs.FIELD_HELP) == set(configs.FLAT_KEYS)
+    parser = argparse.ArgumentParser()
+    configs.add_config_arguments(parser)
+    assert "AudioSet VGGish release" in parser.format_help()

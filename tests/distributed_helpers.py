@@ -1,0 +1,76 @@
+"""Worker functions for the multi-process tests (they must be importable by spawned processes).
+
+Each worker joins a gloo process group on the CPU through the same environment variables that
+``torchrun`` sets (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import torch
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for MASTER_PORT)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def set_rank_environment(rank: int, world_size: int, port: int) -> None:
+    """What ``torchrun --nproc_per_node world_size`` would put in the environment of ``rank``."""
+    os.environ.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+    })
+
+
+def evaluate_worker(rank: int, world_size: int, port: int, setup_path: str, out_dir: str) -> None:
+    """Evaluate given weights on a partition with ``world_size`` ranks; each rank pickles its result."""
+    from base.distributed import init_distributed, shutdown_distributed
+
+    torch.set_num_threads(1)
+    set_rank_environment(rank, world_size, port)
+    context = init_distributed("cpu")
+    try:
+        trainer = build_evaluation_trainer(setup_path, context)
+        evaluation = trainer.evaluate(trainer.train_data)
+        with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as handle:
+            pickle.dump({"metrics": evaluation.metrics, "predictions": evaluation.predictions,
+                         "n_windows_here": len(trainer._loader(trainer.train_data, False, 0).dataset)}, handle)
+    finally:
+        shutdown_distributed()
+
+
+def build_evaluation_trainer(setup_path: str, context=None):
+    """A Trainer over the dataset, config and weights pickled in ``setup_path``."""
+    from base.cross_validation import fold_partitions
+    from base.processed import ProcessedDataset
+    from base.run_folder import RunFolder
+    from base.trainer import Trainer
+    from model import build_model
+
+    with open(setup_path, "rb") as handle:
+        setup = pickle.load(handle)
+    config = setup["config"]
+    dataset = ProcessedDataset(config.train.dataset_path)
+    train, validation = fold_partitions(dataset, config, 0, dataset.mean_std())
+    model = build_model(config.model)
+    model.load_state_dict(setup["state"])
+    return Trainer(model, config, torch.device("cpu"), RunFolder(Path(setup["run_dir"])), train, validation, context)
+
+
+def main_worker(rank: int, world_size: int, port: int, args: list[str], save_root: str) -> None:
+    """``main.main(args)`` as one rank of a torchrun job, each rank with its own ``--save-path``.
+
+    Separate save paths reveal which rank wrote what (the save path does not change the run).
+    """
+    import main
+
+    torch.set_num_threads(1)
+    set_rank_environment(rank, world_size, port)
+    main.main([*args, "--save-path", str(Path(save_root) / f"rank{rank}")])
