@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from base.devices import resolve_device
 from base.errors import UserError
@@ -121,13 +121,25 @@ def rank_config(config: Config, context: DistributedContext) -> Config:
 # ----------------------------------------------------------------------------- sharding
 
 
+def shuffled_order(n_items: int, seed: int) -> np.ndarray:
+    """The order in which a shuffled DataLoader whose generator is seeded with ``seed`` visits items.
+
+    ``base.dataset.make_loader`` seeds its generator with ``seed + epoch``; the DataLoader draws from
+    it before its sampler does, so the order is taken from a DataLoader itself (over the indices).
+    """
+    loader = DataLoader(range(n_items), batch_size=max(n_items, 1), shuffle=True,
+                        generator=torch.Generator().manual_seed(int(seed)))
+    return np.concatenate([batch.numpy() for batch in loader] or [np.zeros(0, np.int64)])
+
+
 def shard_indices(
     n_items: int, rank: int, world_size: int, shuffle: bool, seed: int = 0, epoch: int = 0, pad: bool = True
 ) -> np.ndarray:
     """The dataset indices one rank handles in one epoch.
 
-    Every rank draws the same permutation (``torch.randperm`` seeded with ``seed + epoch``, the
-    order a single-process shuffled loader would use), and rank r takes items r, r + W, r + 2W, ...
+    Every rank draws the same permutation (``shuffled_order(n_items, seed + epoch)``: the order of
+    the single-process shuffled loader), and rank r takes items r, r + W, r + 2W, ... So the union of
+    the ranks' k-th batches of size B is the single-process k-th batch of size W x B.
     With ``pad`` the list is first extended by its own beginning to a multiple of ``world_size``, so
     that every rank gets the same number of items (DDP needs the same number of steps everywhere).
 
@@ -137,8 +149,7 @@ def shard_indices(
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside a world of {world_size}")
     if shuffle:
-        generator = torch.Generator().manual_seed(int(seed) + int(epoch))
-        order = torch.randperm(n_items, generator=generator).numpy()
+        order = shuffled_order(n_items, int(seed) + int(epoch))
     else:
         order = np.arange(n_items)
     if pad and n_items and n_items % world_size:

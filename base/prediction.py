@@ -296,7 +296,7 @@ def predict_trials(
         raise UserError(f"run {fold_model.name} reads {' '.join(fold_model.modalities)}: its features need the "
                         "mean_std_dict.pkl of the dataset it was trained on")
     windows = WindowDataset(
-        dataset, trials, fold_model.modalities, config.model.emotion,  # type: ignore[arg-type]
+        dataset, trials, fold_model.modalities, config.model.emotion,  # ArrayTrials reads like a dataset
         window_length=config.train.window_length, hop_length=config.train.hop_length,
         mean_std=mean_std if needs_statistics(fold_model.modalities) else None, fold=fold_model.fold,
         stats_partition=stats_partition, with_labels=False,
@@ -495,15 +495,15 @@ def fold_training_trials(dataset: ProcessedDataset) -> Callable[[FoldModel], set
 
 def format_validation(result: ValidationResult) -> str:
     """A plain-text table: each run's CCC, then the merged CCC per emotion and one summary line."""
-    width = max([len(s.name) for s in result.per_model] + [24])
+    merged_labels = {e: f"merged ({n} runs, CCC centering)" for e, n in result.n_merged.items()}
+    width = max([len(s.name) for s in result.per_model] + [len(label) for label in merged_labels.values()])
     lines = [f"{result.partition}: {result.n_trials} trials, partition CCC (all trials concatenated)",
              f"{'run':<{width}} {'fold':>4} {'emotion':>8} {'CCC':>7}  trained on these trials"]
     for score in result.per_model:
         lines.append(f"{score.name:<{width}} {score.fold:>4} {score.emotion:>8} {score.ccc:>7.3f}  "
                      f"{'yes' if score.trained_on_scored_trials else 'no'}")
     for emotion, value in result.merged.items():
-        label = f"merged ({result.n_merged[emotion]} runs, CCC centering)"
-        lines.append(f"{label:<{width}} {'':>4} {emotion:>8} {value:>7.3f}")
+        lines.append(f"{merged_labels[emotion]:<{width}} {'':>4} {emotion:>8} {value:>7.3f}")
     if result.optimistic:
         lines.append("note: some runs trained on these trials (folds other than 0 train on the original "
                      "Validation_Set), so their figures and the merged one are optimistic")

@@ -25,6 +25,7 @@ from base.distributed import (
     rank_config,
     ranks_from_env,
     shard_indices,
+    shuffled_order,
     sum_across_ranks,
 )
 from base.errors import UserError
@@ -65,7 +66,8 @@ def test_shards_are_disjoint_strided_slices_of_one_seeded_permutation():
     assert shard_indices(5, 1, 2, shuffle=False).tolist() == [1, 3, 0]  # padded with the first item
     assert shard_indices(5, 1, 2, shuffle=False, pad=False).tolist() == [1, 3]
     assert shard_indices(7, 2, 3, shuffle=False).tolist() == [2, 5, 1]
-    permutation = torch.randperm(10, generator=torch.Generator().manual_seed(3 + 4)).tolist()
+    permutation = shuffled_order(10, 3 + 4).tolist()
+    assert sorted(permutation) == list(range(10)) and permutation != list(range(10))
     shards = [shard_indices(10, rank, 2, shuffle=True, seed=3, epoch=4).tolist() for rank in range(2)]
     assert shards == [permutation[0::2], permutation[1::2]]
     assert shard_indices(10, 0, 2, shuffle=True, seed=3, epoch=5).tolist() != shards[0]  # new epoch, new order
@@ -75,8 +77,10 @@ def test_shards_are_disjoint_strided_slices_of_one_seeded_permutation():
 
 
 def test_one_rank_shuffles_exactly_like_the_single_process_loader():
-    loader = make_loader(list(range(23)), batch_size=4, shuffle=True, seed=5, epoch=2)
-    assert shard_indices(23, 0, 1, shuffle=True, seed=5, epoch=2).tolist() == list(loader.sampler)
+    items = [{"index": np.array(i)} for i in range(23)]
+    loader = make_loader(items, batch_size=4, shuffle=True, seed=5, epoch=2)
+    delivered = torch.cat([batch["index"] for batch in loader]).tolist()
+    assert shard_indices(23, 0, 1, shuffle=True, seed=5, epoch=2).tolist() == delivered
 
 
 def test_torchrun_environment_is_read_and_checked():

@@ -1,0 +1,65 @@
+"""The README's demo end to end: demo database -> preprocessing -> statistics -> fold-0 training.
+
+The demo's labels are learnable by construction, so the multimodal model must reach a validation
+CCC of 0.5 on both dimensions; with the training labels moved to other trials it must not (this
+guards the frame/label alignment of the whole pipeline)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import calculate_mean_and_std
+import main
+import preprocessing
+from base.errors import run_cli
+from base.safe_pickle import load_pickle
+
+pytestmark = pytest.mark.slow
+CCC_LINE = re.compile(r"validation CCC: valence=(-?[0-9.]+) arousal=(-?[0-9.]+)")
+
+
+@pytest.fixture(scope="module")
+def processed_full_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workspace = tmp_path_factory.mktemp("full_demo")
+    database, output = workspace / "Affwild2", workspace / "Affwild2_processed"
+    assert run_cli(preprocessing.main, ["--make-demo", str(database), "--quiet"]) == 0
+    assert run_cli(preprocessing.main, ["--database", str(database), "--output", str(output),
+                                        "--jobs", "2", "--quiet"]) == 0
+    assert run_cli(calculate_mean_and_std.main, ["--output", str(output), "--quiet"]) == 0
+    return output
+
+
+def _train_demo(dataset: Path, save_path: Path, capsys: pytest.CaptureFixture) -> tuple[float, float]:
+    argv = ["--demo", "--dataset-path", str(dataset), "--save-path", str(save_path), "--fold", "0",
+            "--emotion", "both", "--modality", "frame", "vggish", "mfcc", "--quiet"]
+    assert run_cli(main.main, argv) == 0
+    match = CCC_LINE.search(capsys.readouterr().out)
+    assert match, "main.py must print 'validation CCC: valence=... arousal=...'"
+    return float(match.group(1)), float(match.group(2))
+
+
+def test_demo_learns_both_dimensions(processed_full_demo: Path, tmp_path: Path, capsys) -> None:
+    valence, arousal = _train_demo(processed_full_demo, tmp_path / "runs", capsys)
+    assert valence >= 0.5 and arousal >= 0.5, (valence, arousal)
+    run = next((tmp_path / "runs").iterdir())
+    for name in ("config.json", "history.csv", "metrics.json", "learning_curves.png", "traces.png", "best.pt"):
+        assert (run / name).is_file(), name
+
+
+def test_labels_moved_to_other_trials_are_not_learned(processed_full_demo: Path, tmp_path: Path, capsys) -> None:
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(processed_full_demo, shuffled)
+    trials = list(load_pickle(shuffled / "dataset_info.pkl")["partition"]["Train_Set"])
+    labels = [np.load(shuffled / "npy_data" / t / "label.npy") for t in trials]
+    for index, trial in enumerate(trials):  # each trial gets the next trial's trace (edge-padded)
+        donor = labels[(index + 1) % len(trials)]
+        n = len(labels[index])
+        moved = donor[:n] if len(donor) >= n else np.pad(donor, ((0, n - len(donor)), (0, 0)), mode="edge")
+        np.save(shuffled / "npy_data" / trial / "label.npy", moved.astype(np.float32))
+    valence, arousal = _train_demo(shuffled, tmp_path / "runs", capsys)
+    assert valence < 0.3 and arousal < 0.3, (valence, arousal)
