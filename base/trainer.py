@@ -151,6 +151,8 @@ def batch_inputs(
         else:
             values = values.float()  # (B, T, D)
         inputs[name] = values
+    if "mask" in batch:  # (B, T) valid frames: padded ones skip the backbone
+        inputs["mask"] = batch["mask"].to(device, non_blocking=True)
     return inputs
 
 

@@ -168,7 +168,8 @@ class IR50(nn.Module):
         return F.normalize(x, dim=1)
 
 
-def embed_frames(backbone: IR50, frames: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def embed_frames(backbone: IR50, frames: torch.Tensor, chunk_size: int,
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
     """Embed every frame of a batch of clips, at most ``chunk_size`` frames per backbone pass.
 
     Args:
@@ -176,14 +177,29 @@ def embed_frames(backbone: IR50, frames: torch.Tensor, chunk_size: int) -> torch
         frames: (B, T, 3, S, S) normalised face crops.
         chunk_size: frames per pass; chunks are near-equal so none is a single frame (BatchNorm1d
             in training mode needs two samples).
+        valid: optional (B, T) bool, False on the zero padding of short clips. Padded frames skip the
+            backbone (about 6 GFLOPs a frame at 40x40) and get zero embeddings; the padding is at the
+            end of a window and the TCNs are causal, so valid outputs are unchanged, and a released
+            BatchNorm never sees padding in its batch statistics.
 
     Returns:
-        (B, T, 512) L2-normalised embeddings.
+        (B, T, 512) L2-normalised embeddings (zeros where ``valid`` is False).
     """
     n_clips, n_steps = frames.shape[:2]
     flat = frames.reshape(n_clips * n_steps, *frames.shape[2:])  # (B*T, 3, S, S)
+    keep = None
+    if valid is not None:
+        keep = valid.reshape(-1).to(device=flat.device, dtype=torch.bool)  # (B*T,)
+        if int(keep.sum()) >= 2 and not bool(keep.all()):
+            flat = flat[keep]  # (N_valid, 3, S, S)
+        else:
+            keep = None
     if backbone.input_layer[0].weight.is_contiguous(memory_format=torch.channels_last):
         flat = flat.contiguous(memory_format=torch.channels_last)
     n_chunks = max(1, -(-flat.shape[0] // max(1, chunk_size)))
-    embeddings = [backbone.embed(chunk) for chunk in torch.tensor_split(flat, n_chunks)]
-    return torch.cat(embeddings).reshape(n_clips, n_steps, -1)  # (B, T, 512)
+    embeddings = torch.cat([backbone.embed(chunk) for chunk in torch.tensor_split(flat, n_chunks)])
+    if keep is not None:
+        scattered = embeddings.new_zeros(n_clips * n_steps, embeddings.shape[-1])
+        scattered[keep] = embeddings
+        embeddings = scattered
+    return embeddings.reshape(n_clips, n_steps, -1)  # (B, T, 512)

@@ -118,7 +118,11 @@ class StreamModel(ReleasableModel):
         return tuple(m.value for m in self.plan.all)
 
     def encode(self, inputs: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-        """TCN output of every stream, leader first: [(B, T, C_leader), (B, T, C_f), ...]."""
+        """TCN output of every stream, leader first: [(B, T, C_leader), (B, T, C_f), ...].
+
+        An optional ``inputs["mask"]`` (B, T) bool marks the valid (unpadded) frames; padded frames
+        skip the backbone.
+        """
         missing = [name for name in self.modalities if name not in inputs]
         if missing:
             raise KeyError(f"model inputs lack modalities {missing} (it reads {list(self.modalities)})")
@@ -126,7 +130,8 @@ class StreamModel(ReleasableModel):
         for modality in self.plan.all:
             features = inputs[modality.value]
             if modality is Modality.FRAME:
-                features = embed_frames(self.backbone, features, self.backbone_chunk_size)  # (B, T, 512)
+                features = embed_frames(self.backbone, features, self.backbone_chunk_size,
+                                        valid=inputs.get("mask"))  # (B, T, 512)
             outputs.append(self.tcns[modality.value](features))  # (B, T, C)
         return outputs
 

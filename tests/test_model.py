@@ -58,6 +58,15 @@ def make_config(modalities: tuple[str, ...], mode: str = "ir", **overrides) -> M
     return ModelConfig(modality=modalities, backbone_mode=mode, **settings)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads ran these tests ~3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def backbones() -> dict[str, IR50]:
     """One random IR-50 per mode, built once (construction costs about a second)."""
@@ -145,6 +154,29 @@ def test_chunked_backbone_equals_unchunked(backbones):
         chunked = embed_frames(backbones["ir"], frames, chunk_size=2)
     assert whole.shape == (2, 3, 512)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_frames_skip_the_backbone_without_changing_valid_outputs(backbones, models):
+    frames = make_inputs(("frame",), n_clips=2, n_steps=3)["frame"]
+    valid = torch.tensor([[True, True, True], [True, False, False]])  # clip 2 is zero-padded
+    calls = []
+    hook = backbones["ir"].input_layer.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            whole = embed_frames(backbones["ir"], frames, chunk_size=100)
+            masked = embed_frames(backbones["ir"], frames, chunk_size=100, valid=valid)
+    finally:
+        hook.remove()
+    assert calls == [6, 4], "only the 4 valid frames go through the backbone"
+    torch.testing.assert_close(masked[valid], whole[valid], atol=1e-5, rtol=1e-5)
+    assert masked[~valid].abs().max() == 0
+    model = models("frame_vggish_mfcc").eval()
+    inputs = make_inputs(VARIANTS["frame_vggish_mfcc"])
+    with torch.no_grad():
+        plain = model(inputs)
+        with_mask = model({**inputs, "mask": valid})
+    # causal TCNs: outputs at valid steps (all before the padding) do not depend on padded frames
+    torch.testing.assert_close(with_mask[valid], plain[valid], atol=1e-5, rtol=1e-5)
 
 
 def test_channels_last_backbone_gives_same_embeddings(backbones):
