@@ -11,6 +11,8 @@
   per-window outputs are gathered on every rank (``gather_window_pieces``) before the overlap
   averaging and the CCC, so every rank computes the same partition metrics and takes the same
   decisions (best epoch, learning rate, early stopping, backbone release);
+* BatchNorm statistics are per rank, as DDP keeps them (rank 0's are broadcast before each
+  forward); after each training epoch every rank takes rank 0's (``broadcast_buffers``);
 * only rank 0 writes files, logs at INFO level and shows progress bars (``rank_config``).
 
 With ``WORLD_SIZE`` unset or 1 nothing here changes the single-process run.
@@ -175,6 +177,18 @@ def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
         return model
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics), as DDP does before a forward.
+
+    Called after a training epoch, so that evaluation and the saved weights use the same statistics
+    on every rank.
+    """
+    if not context.is_distributed:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def sum_across_ranks(values: tuple[float, ...], context: DistributedContext) -> tuple[float, ...]:

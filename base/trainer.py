@@ -40,6 +40,7 @@ from base.checkpointing import atomic_torch_save, capture_rng_state, restore_rng
 from base.dataset import WindowDataset, make_loader
 from base.distributed import (
     DistributedContext,
+    broadcast_buffers,
     gather_window_pieces,
     shard_dataset,
     sum_across_ranks,
@@ -345,6 +346,7 @@ class Trainer:
             n_windows += len(labels)
             progress.set_postfix(loss=f"{loss:.3f}")
         total_loss, n_windows = sum_across_ranks((total_loss, n_windows), self.context)
+        broadcast_buffers(self.model, self.context)  # every rank evaluates with rank 0's BatchNorm statistics
         return total_loss / max(n_windows, 1)
 
     @torch.no_grad()

@@ -37,7 +37,7 @@ def evaluate_worker(rank: int, world_size: int, port: int, setup_path: str, out_
     set_rank_environment(rank, world_size, port)
     context = init_distributed("cpu")
     try:
-        trainer = build_evaluation_trainer(setup_path, context)
+        trainer = build_trainer(setup_path, context)
         evaluation = trainer.evaluate(trainer.train_data)
         with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as handle:
             pickle.dump({"metrics": evaluation.metrics, "predictions": evaluation.predictions,
@@ -46,9 +46,26 @@ def evaluate_worker(rank: int, world_size: int, port: int, setup_path: str, out_
         shutdown_distributed()
 
 
-def build_evaluation_trainer(setup_path: str, context=None):
+def fit_worker(rank: int, world_size: int, port: int, setup_path: str, out_dir: str) -> None:
+    """Train with ``world_size`` ranks; each rank pickles its final weights and its history."""
+    from base.distributed import init_distributed, shutdown_distributed
+
+    torch.set_num_threads(1)
+    set_rank_environment(rank, world_size, port)
+    context = init_distributed("cpu")
+    try:
+        trainer = build_trainer(setup_path, context)
+        state = trainer.fit()
+        with open(Path(out_dir) / f"fit{rank}.pkl", "wb") as handle:
+            pickle.dump({"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+                         "history": state.history}, handle)
+    finally:
+        shutdown_distributed()
+
+
+def build_trainer(setup_path: str, context=None):
     """A Trainer over the dataset, config and weights pickled in ``setup_path``."""
-    from base.cross_validation import fold_partitions
+    from base.cross_validation import fold_partitions, needs_statistics
     from base.processed import ProcessedDataset
     from base.run_folder import RunFolder
     from base.trainer import Trainer
@@ -58,7 +75,8 @@ def build_evaluation_trainer(setup_path: str, context=None):
         setup = pickle.load(handle)
     config = setup["config"]
     dataset = ProcessedDataset(config.train.dataset_path)
-    train, validation = fold_partitions(dataset, config, 0, dataset.mean_std())
+    mean_std = dataset.mean_std() if needs_statistics(config.model.modality) else None
+    train, validation = fold_partitions(dataset, config, 0, mean_std)
     model = build_model(config.model)
     model.load_state_dict(setup["state"])
     return Trainer(model, config, torch.device("cpu"), RunFolder(Path(setup["run_dir"])), train, validation, context)

@@ -31,7 +31,7 @@ from base.distributed import (
 from base.errors import UserError
 from base.run_folder import read_csv
 from configs import Config
-from tests.distributed_helpers import build_evaluation_trainer, evaluate_worker, free_port, main_worker
+from tests.distributed_helpers import build_trainer, evaluate_worker, fit_worker, free_port, main_worker
 from tests.processed_helpers import make_processed_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def test_gathered_evaluation_equals_the_single_process_one(dataset, tmp_path):
     with open(setup, "wb") as handle:
         pickle.dump({"config": config, "state": build_model(config.model).state_dict(),
                      "run_dir": str(tmp_path / "run")}, handle)
-    trainer = build_evaluation_trainer(str(setup))
+    trainer = build_trainer(str(setup))
     single = trainer.evaluate(trainer.train_data)
 
     run_ranks(evaluate_worker, str(setup), str(tmp_path))
@@ -178,3 +178,32 @@ def test_torchrun_launches_main_py_and_only_rank0_prints(dataset, tmp_path):
     assert result.stdout.count("validation CCC: valence=") == 1, result.stdout
     history, _ = history_and_state(tmp_path)
     assert len(history) == 1 and math.isfinite(float(history[0]["train_loss"]))
+
+
+@pytest.mark.slow
+def test_ranks_stay_in_sync_through_backbone_releases(tmp_path):
+    # min lr above lr: a backbone group is released at every epoch, and DDP must re-wrap the model
+    # so that the newly trainable parameters are averaged too.
+    data = make_processed_dataset(tmp_path / "frames", n_train=5, n_val=1, n_test=0, lengths=4, modalities=("frame",))
+    config = main.parse_config([
+        "--dataset-path", str(data), "--save-path", str(tmp_path / "runs"), "--modality", "frame", "--random-backbone",
+        "--window-length", "4", "--hop-length", "4", "--batch-size", "1", "--debug", "2", "--num-epochs", "2",
+        "--learning-rate", "1e-3", "--min-learning-rate", "1e-2", "--quiet"])
+    torch.manual_seed(0)
+    from model import build_model
+
+    setup = tmp_path / "setup.pkl"
+    with open(setup, "wb") as handle:
+        pickle.dump({"config": config, "state": build_model(config.model).state_dict(),
+                     "run_dir": str(tmp_path / "run")}, handle)
+    run_ranks(fit_worker, str(setup), str(tmp_path))
+    results = []
+    for rank in range(WORLD_SIZE):
+        with open(tmp_path / f"fit{rank}.pkl", "rb") as handle:
+            results.append(pickle.load(handle))
+    assert [row["n_released"] for row in results[0]["history"]] == [1, 2]
+    assert all(math.isfinite(row["train_loss"]) for row in results[0]["history"])
+    stage4 = [key for key in results[0]["model"] if key.startswith("backbone.body.23.")]
+    assert stage4
+    for key, value in results[0]["model"].items():
+        torch.testing.assert_close(results[1]["model"][key], value, atol=0, rtol=0, msg=key)

@@ -4,6 +4,7 @@ of it: the repository's notebook is never written)."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def test_the_notebook_runs_headless_on_the_small_demo(tmp_path, monkeypatch):
                      for output in cell.outputs)
     assert "small demo: True" in text
     assert "validation CCC: valence=" in text
-    assert "ABAW2_2d1d_vggish-mfcc_both_sh_fold0_demo: best epoch 0; valence CCC" in text
+    assert re.search(r"ABAW2_2d1d_vggish-mfcc_both_sh_fold0_demo: best epoch 0; arousal CCC -?\d\.\d{3}, "
+                     r"valence CCC -?\d\.\d{3}", text), text[-2000:]
     images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
               if "image/png" in output.get("data", {})]
     assert len(images) == 2  # learning curves and traces
