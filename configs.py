@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from base import atomic
 from base.errors import UserError
 
 
@@ -422,9 +423,7 @@ def save_config(config: Config, run_dir: str | Path, name: str = "config.json") 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = run_dir / name
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
-    tmp.replace(target)
+    atomic.write_text(target, json.dumps(to_dict(config), indent=2, sort_keys=True) + "\n")
     return target
 
 

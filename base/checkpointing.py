@@ -7,7 +7,6 @@ atomic: a temporary file is written first and then renamed over the target.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from base import atomic
 from base.errors import UserError
 
 # Train settings that may change between a run and its resumption (paths, budget, verbosity).
@@ -32,9 +32,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` through a temporary file, so a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic.atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:

@@ -40,8 +40,9 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     if x.size < 2:
         return 0.0
     dx, dy = x - x.mean(), y - y.mean()
-    covariance = np.dot(dx, dy) / x.size
-    denominator = np.dot(dx, dx) / x.size + np.dot(dy, dy) / x.size + (x.mean() - y.mean()) ** 2
+    # elementwise sums, not np.dot: BLAS threads made a 1-D dot 1000x slower on a busy machine
+    covariance = (dx * dy).sum() / x.size
+    denominator = (dx * dx).sum() / x.size + (dy * dy).sum() / x.size + (x.mean() - y.mean()) ** 2
     return float(2 * covariance / denominator) if denominator > 0 else 0.0
 
 
@@ -49,8 +50,8 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation coefficient; 0.0 when either sequence is constant."""
     x, y = _pair(x, y)
     dx, dy = x - x.mean(), y - y.mean()
-    norm = np.sqrt(np.dot(dx, dx) * np.dot(dy, dy))
-    return float(np.dot(dx, dy) / norm) if norm > 0 else 0.0
+    norm = np.sqrt((dx * dx).sum() * (dy * dy).sum())
+    return float((dx * dy).sum() / norm) if norm > 0 else 0.0
 
 
 def rmse(x: np.ndarray, y: np.ndarray) -> float:

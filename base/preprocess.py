@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from base import atomic
 from base.annotations import read_annotation
 from base.database import TEST_PARTITION, Trial, discover_trials
 from base.errors import UserError
@@ -78,16 +79,8 @@ class TrialResult:
 # ----------------------------------------------------------------------------- small file helpers
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=1))
 
 
 def prepare_output(output: Path) -> None:
@@ -121,7 +114,7 @@ def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, 
     for name, extract in (("mfcc", opensmile_features.extract_mfcc), ("egemaps", opensmile_features.extract_egemaps)):
         target = cache / f"{name}.npy"
         if not target.is_file():
-            save_npy_atomic(target, extract(wav).astype(np.float32))
+            atomic.save_npy(target, extract(wav).astype(np.float32))
     write_json_atomic(info_path, info)
     return info
 
@@ -142,7 +135,7 @@ def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
     if not target.is_file():
         assert _EXTRACTOR is not None, "the VGGish pool was started without its initializer"
         embeddings = _EXTRACTOR.embed_wav_file(Path(cache_dir) / "audio.wav", fps, n_frames)
-        save_npy_atomic(target, embeddings.astype(np.float32))
+        atomic.save_npy(target, embeddings.astype(np.float32))
     return str(target)
 
 
@@ -382,13 +375,11 @@ def _run_pools(pending: dict[str, list[Trial]], output: Path, features: FeatureC
 
 
 def write_summary(path: Path, results: list[TrialResult]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         for result in results:
             writer.writerow(result.row())
-    os.replace(tmp, path)
 
 
 def write_dataset_info(output: Path, trials: list[Trial], results: dict[str, TrialResult],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from base import atomic
 from base.errors import UserError
 from configs import Config
 
@@ -110,9 +111,7 @@ def cv_summary_path(config: Config) -> Path:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
 
 
 def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> None:

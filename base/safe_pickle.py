@@ -9,14 +9,13 @@ only rebuilds plain containers (dict, list, tuple, set, str, numbers, bool, None
 from __future__ import annotations
 
 import collections
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from base import atomic
 from base.errors import UserError
 
 PROTOCOL = 4
@@ -81,12 +80,6 @@ def save_pickle(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            pickle.dump(obj, tmp, protocol=PROTOCOL)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        pickle.dump(obj, handle, protocol=PROTOCOL)
     return path

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from base import atomic
 from base.database import TEST_PARTITION, discover_trials
 from base.errors import UserError
 from base.processed import ProcessedDataset
@@ -66,9 +66,7 @@ def write_trial_file(folder: str | Path, trial: str, values: np.ndarray) -> Path
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{trial}{SUFFIX}"
-    tmp = folder / f".{trial}{SUFFIX}.tmp"
-    tmp.write_text(format_rows(values))
-    os.replace(tmp, path)
+    atomic.write_text(path, format_rows(values))
     return path
 
 
