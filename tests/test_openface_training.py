@@ -14,6 +14,7 @@ from tests.processed_helpers import make_processed_dataset
 CCC_LINE = re.compile(r"validation CCC: arousal=(-?[0-9.]+)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", [["mfcc", "flm", "fau"], ["fau"], ["flm"]])
 def test_short_training_run_with_openface_modalities(tmp_path: Path, modality: list[str], capsys) -> None:
     dataset = make_processed_dataset(tmp_path / "data", n_train=5, n_val=2, n_test=1,
