@@ -96,3 +96,15 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small demo database (2 train videos incl. a two-person one, 1 validation, 1 test)."""
     root = tmp_path_factory.mktemp("demo") / "Affwild2"
     return demo.make_demo_database(root, SMALL_DEMO, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module, restored after: tiny models run fastest on one
+    thread, and two spinning OpenMP threads ran them ~3x slower on a busy 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

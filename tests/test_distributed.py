@@ -34,16 +34,11 @@ from configs import Config
 from tests.distributed_helpers import build_trainer, evaluate_worker, fit_worker, free_port, main_worker
 from tests.processed_helpers import make_processed_dataset
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

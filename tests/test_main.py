@@ -18,17 +18,11 @@ from base.run_folder import read_csv
 from configs import Config, apply_overrides, demo_overrides, from_dict
 from tests.processed_helpers import make_processed_dataset
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 LINE = re.compile(r"^validation CCC: valence=-?\d\.\d{3}$")
 LINE_BOTH = re.compile(r"^validation CCC: valence=-?\d\.\d{3} arousal=-?\d\.\d{3}$")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and do not suffer from a busy machine); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,9 @@ from model import (
 from model.fusion import LeaderFollowerFusion, attend_across_modalities
 from model.tcn import TemporalConvNet, causal_padding
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VARIANTS = {
     "frame": ("frame",),
     "frame_vggish_mfcc": ("frame", "vggish", "mfcc"),
@@ -56,15 +59,6 @@ def make_inputs(modalities: tuple[str, ...], n_clips: int = N_CLIPS, n_steps: in
 def make_config(modalities: tuple[str, ...], mode: str = "ir", **overrides) -> ModelConfig:
     settings = {"random_backbone": True, "backbone_chunk_size": CHUNK_SIZE, **overrides}
     return ModelConfig(modality=modalities, backbone_mode=mode, **settings)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two spinning OpenMP threads ran these tests ~3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,10 @@ from configs import ModelConfig
 from model import build_model
 from tests.processed_helpers import make_processed_dataset
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_precision_names_map_to_autocast_dtypes():

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import predict
 from base.database import TEST_PARTITION, discover_trials
@@ -28,13 +27,8 @@ from base.submission import (
 from tests.prediction_helpers import save_run, tiny_config
 from tests.processed_helpers import make_processed_dataset
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -39,14 +39,9 @@ from base.trainer import (
 from configs import Config, apply_overrides, to_dict
 from tests.processed_helpers import make_processed_dataset
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (and do not suffer from a busy machine); restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # ----------------------------------------------------------------------------- pure helpers
 

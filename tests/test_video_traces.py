@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import predict
 from base import openface
@@ -40,15 +39,10 @@ from tests.openface_helpers import fake_action_units, write_openface_csv
 from tests.prediction_helpers import face_video, save_run, tiny_config
 from tests.processed_helpers import make_processed_dataset
 
+# tiny models run fastest on one thread (and do not suffer from a busy machine)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_FACE, N_BLACK = 12, 8
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
