@@ -26,6 +26,8 @@ TRAIN_SET = "Train_Set"
 VALIDATION_SET = "Validation_Set"
 TEST_SETS = ("Target_Set", "Test_Set")  # this project writes Target_Set; both are read
 LABEL = "label"
+# The authors' README shows ``continuous_label.npy``; SPEC §2 (and this project) write ``label.npy``.
+AUTHORS_LABEL_STEM = "continuous_label"
 LANDMARK_STEM = Modality.LANDMARK.file_stem
 FRAME_STEM = Modality.FRAME.file_stem
 
@@ -113,7 +115,12 @@ class ProcessedDataset:
         return self.root / NPY_DATA / trial
 
     def file_path(self, trial: str, modality: str) -> Path:
-        return self.trial_dir(trial) / f"{file_stem(modality)}.npy"
+        path = self.trial_dir(trial) / f"{file_stem(modality)}.npy"
+        if file_stem(modality) == LABEL and not path.is_file():
+            authors = path.with_name(f"{AUTHORS_LABEL_STEM}.npy")
+            if authors.is_file():
+                return authors
+        return path
 
     def has_file(self, trial: str, modality: str) -> bool:
         return self.file_path(trial, modality).is_file()

@@ -180,3 +180,22 @@ def test_mean_std(root, tmp_path):
     (root / "mean_std_dict.pkl").unlink()
     with pytest.raises(UserError, match=r"has no mean_std_dict\.pkl; run calculate_mean_and_std\.py --output"):
         ds.mean_std()
+
+
+def test_labels_named_as_in_the_authors_readme_are_read(tmp_path):
+    """The authors' README lists ``continuous_label.npy``: a dataset written that way trains too."""
+    import shutil
+
+    import numpy as np
+
+    from base.processed import ProcessedDataset
+    from tests.processed_helpers import make_processed_dataset
+
+    root = make_processed_dataset(tmp_path / "data", n_train=5, n_val=2, n_test=1, modalities=("mfcc",))
+    dataset = ProcessedDataset(root)
+    trial = dataset.partition_trials("Train_Set")[0]
+    expected = np.array(dataset.load(trial, "label"))
+    shutil.move(dataset.trial_dir(trial) / "label.npy", dataset.trial_dir(trial) / "continuous_label.npy")
+    np.testing.assert_array_equal(dataset.load(trial, "label"), expected)
+    assert dataset.has_file(trial, "label")
+    assert dataset.check_trial(trial, ("mfcc",)) == len(expected)
