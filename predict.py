@@ -119,7 +119,7 @@ def run_test(args: argparse.Namespace) -> int:
     from base.devices import resolve_device
     from base.prediction import check_inputs, check_same_lengths, load_fold_models, predict_ensemble
     from base.processed import ProcessedDataset
-    from base.submission import expected_from_database, validate_submission, write_submission
+    from base.submission import expected_from_database, write_submission
 
     _check_batch_size(args)
     device = resolve_device(args.device)
@@ -140,7 +140,14 @@ def run_test(args: argparse.Namespace) -> int:
     written = write_submission(args.output, {trial: prediction.values(trial) for trial in trials})
     runs = ", ".join(f"{emotion}: {len(members)} run(s)" for emotion, members in prediction.groups.items())
     print(f"wrote {len(written)} trial files to {args.output} ({runs})")
-    report = validate_submission(args.output, expected)
+    return report_submission(args.output, expected)
+
+
+def report_submission(folder: str, expected: dict[str, int]) -> int:
+    """Validate a submission folder, print each problem and the summary; 0 when it is valid."""
+    from base.submission import validate_submission
+
+    report = validate_submission(folder, expected)
     for problem in report.problems:
         print(f"  problem: {problem}")
     print(report.summary())
@@ -148,7 +155,7 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from base.submission import expected_from_database, expected_from_dataset, validate_submission
+    from base.submission import expected_from_database, expected_from_dataset
 
     if args.database:
         expected = expected_from_database(args.database)
@@ -156,11 +163,7 @@ def run_validate(args: argparse.Namespace) -> int:
         expected = expected_from_dataset(args.dataset_path)
     else:
         raise UserError("pass --database DB (the test videos' frame counts) or --dataset-path OUT")
-    report = validate_submission(args.submission, expected)
-    for problem in report.problems:
-        print(f"  problem: {problem}")
-    print(report.summary())
-    return 0 if report.ok else 1
+    return report_submission(args.submission, expected)
 
 
 def run_validation(args: argparse.Namespace) -> int:
