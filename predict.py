@@ -114,17 +114,30 @@ def _check_batch_size(args: argparse.Namespace) -> None:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
 
 
-def run_test(args: argparse.Namespace) -> int:
-    from base.cross_validation import needs_statistics
+def _open_runs(args: argparse.Namespace):
+    """Device, fold models and processed dataset of a prediction command (arguments checked first)."""
     from base.devices import resolve_device
-    from base.prediction import check_inputs, check_same_lengths, load_fold_models, predict_ensemble
+    from base.prediction import load_fold_models
     from base.processed import ProcessedDataset
-    from base.submission import expected_from_database, write_submission
 
     _check_batch_size(args)
     device = resolve_device(args.device)
     models = load_fold_models(args.runs)
-    dataset = ProcessedDataset(_dataset_for(args, models))
+    return device, models, ProcessedDataset(_dataset_for(args, models))
+
+
+def _statistics_for(models, dataset):
+    """The dataset's mean/std when any model reads z-scored features, else None."""
+    from base.cross_validation import needs_statistics
+
+    return dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from base.prediction import check_inputs, check_same_lengths, predict_ensemble
+    from base.submission import expected_from_database, write_submission
+
+    device, models, dataset = _open_runs(args)
     trials = dataset.partition_trials(dataset.test_partition)
     if not trials:
         raise UserError(f"the processed dataset {dataset.root} lists no test trials ({dataset.test_partition})")
@@ -135,7 +148,7 @@ def run_test(args: argparse.Namespace) -> int:
         check_same_lengths(lengths, expected, f"database {args.database}")
         trials = sorted(expected)
     check_inputs(models, dataset, trials, args.quiet)
-    mean_std = dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
+    mean_std = _statistics_for(models, dataset)
     prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size, quiet=args.quiet)
     written = write_submission(args.output, {trial: prediction.values(trial) for trial in trials})
     runs = ", ".join(f"{emotion}: {len(members)} run(s)" for emotion, members in prediction.groups.items())
@@ -167,30 +180,23 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_validation(args: argparse.Namespace) -> int:
-    from base.cross_validation import needs_statistics
-    from base.devices import resolve_device
     from base.prediction import (
         check_inputs,
         fold_training_trials,
         format_validation,
-        load_fold_models,
         predict_ensemble,
         score_ensemble,
         trial_labels,
     )
-    from base.processed import ProcessedDataset
     from base.submission import write_submission
 
-    _check_batch_size(args)
-    device = resolve_device(args.device)
-    models = load_fold_models(args.runs)
-    dataset = ProcessedDataset(_dataset_for(args, models))
+    device, models, dataset = _open_runs(args)
     trials = dataset.partition_trials(args.partition)
     if not trials:
         raise UserError(f"the processed dataset {dataset.root} has no {args.partition} trials")
     check_inputs(models, dataset, trials, args.quiet)
     labels = trial_labels(dataset, trials)
-    mean_std = dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
+    mean_std = _statistics_for(models, dataset)
     prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size,
                                   allow_missing_emotion=True, quiet=args.quiet)
     result = score_ensemble(prediction, labels, fold_training_trials(dataset), args.partition)
