@@ -1,1 +1,2 @@
-"""Library code of the pipeline: data, features, training, evaluation (scripts only wire it)."""
+"""Library code of the pipeline, one subpackage per stage: preprocessing -> data -> training -> prediction.
+Modules at this level (atomic, errors, safe_pickle) are shared by every stage."""
