@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
+from base.data.processed import MEAN_STD, ProcessedDataset
 from base.errors import run_cli, setup_logging
-from base.processed import MEAN_STD, ProcessedDataset
+from base.preprocessing.statistics import compute_mean_std
 from base.safe_pickle import save_pickle
-from base.statistics import compute_mean_std
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from base.cross_validation import ccc_line, format_summary, run_cross_validation
-from base.devices import gpu_index_to_device, set_cpu_threads
-from base.distributed import init_distributed, rank_config, shutdown_distributed
 from base.errors import UserError, run_cli, setup_logging
+from base.training.cross_validation import ccc_line, format_summary, run_cross_validation
+from base.training.devices import gpu_index_to_device, set_cpu_threads
+from base.training.distributed import init_distributed, rank_config, shutdown_distributed
 from configs import Config, add_config_arguments, demo_overrides, resolve
 
 TRAINING_SECTIONS = ("model", "train")

@@ -116,9 +116,9 @@ def _check_batch_size(args: argparse.Namespace) -> None:
 
 def _open_runs(args: argparse.Namespace):
     """Device, fold models and processed dataset of a prediction command (arguments checked first)."""
-    from base.devices import resolve_device
-    from base.prediction import load_fold_models
-    from base.processed import ProcessedDataset
+    from base.data.processed import ProcessedDataset
+    from base.prediction.prediction import load_fold_models
+    from base.training.devices import resolve_device
 
     _check_batch_size(args)
     device = resolve_device(args.device)
@@ -128,14 +128,14 @@ def _open_runs(args: argparse.Namespace):
 
 def _statistics_for(models, dataset):
     """The dataset's mean/std when any model reads z-scored features, else None."""
-    from base.cross_validation import needs_statistics
+    from base.training.cross_validation import needs_statistics
 
     return dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
 
 
 def run_test(args: argparse.Namespace) -> int:
-    from base.prediction import check_inputs, check_same_lengths, predict_ensemble
-    from base.submission import expected_from_database, write_submission
+    from base.prediction.prediction import check_inputs, check_same_lengths, predict_ensemble
+    from base.prediction.submission import expected_from_database, write_submission
 
     device, models, dataset = _open_runs(args)
     trials = dataset.partition_trials(dataset.test_partition)
@@ -158,7 +158,7 @@ def run_test(args: argparse.Namespace) -> int:
 
 def report_submission(folder: str, expected: dict[str, int]) -> int:
     """Validate a submission folder, print each problem and the summary; 0 when it is valid."""
-    from base.submission import validate_submission
+    from base.prediction.submission import validate_submission
 
     report = validate_submission(folder, expected)
     for problem in report.problems:
@@ -168,7 +168,7 @@ def report_submission(folder: str, expected: dict[str, int]) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from base.submission import expected_from_database, expected_from_dataset
+    from base.prediction.submission import expected_from_database, expected_from_dataset
 
     if args.database:
         expected = expected_from_database(args.database)
@@ -180,7 +180,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_validation(args: argparse.Namespace) -> int:
-    from base.prediction import (
+    from base.prediction.prediction import (
         check_inputs,
         fold_training_trials,
         format_validation,
@@ -188,7 +188,7 @@ def run_validation(args: argparse.Namespace) -> int:
         score_ensemble,
         trial_labels,
     )
-    from base.submission import write_submission
+    from base.prediction.submission import write_submission
 
     device, models, dataset = _open_runs(args)
     trials = dataset.partition_trials(args.partition)
@@ -210,8 +210,8 @@ def run_validation(args: argparse.Namespace) -> int:
 
 
 def run_video(args: argparse.Namespace) -> int:
-    from base.prediction import load_fold_models
-    from base.video_traces import VideoOptions, video_traces
+    from base.prediction.prediction import load_fold_models
+    from base.prediction.video_traces import VideoOptions, video_traces
 
     _check_batch_size(args)
     options = VideoOptions(

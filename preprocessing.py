@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path):
-    from base.demo import MARKER
-    from base.preprocess import VggishSource
+    from base.preprocessing.demo import MARKER
+    from base.preprocessing.preprocess import VggishSource
     from vggish import checkpoint as vggish_checkpoint
 
     if features.vggish_checkpoint:
@@ -67,21 +67,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.quiet)
     config = configs.resolve(args)
     if args.make_demo:
-        from base.demo import make_demo_database
+        from base.preprocessing.demo import make_demo_database
 
         root = make_demo_database(args.make_demo, config.demo, quiet=args.quiet)
         log.info("demo database ready: %s", root)
         return 0
     if not args.database or not args.output:
         parser.error("give --database DIR and --output OUT (or --make-demo DIR)")
-    from base.preprocess import SUMMARY_NAME, preprocess_database
+    from base.preprocessing.preprocess import SUMMARY_NAME, preprocess_database
 
     database, output = Path(args.database), Path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
     if not database.is_dir():
         raise UserError(f"database folder {database} does not exist")
-    from base.database import discover_trials
+    from base.preprocessing.database import discover_trials
 
     discover_trials(database)  # checks the layout before any heavy set-up
     vggish_source = resolve_vggish(config.features, database, output)

@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from base.dataset import WindowDataset, collate_windows  # noqa: E402
-from base.processed import ProcessedDataset  # noqa: E402
+from base.data.dataset import WindowDataset, collate_windows  # noqa: E402
+from base.data.processed import ProcessedDataset  # noqa: E402
 from tests.processed_helpers import make_processed_dataset  # noqa: E402
 
 MODALITIES = ("frame", "vggish", "mfcc")

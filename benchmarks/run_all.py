@@ -41,17 +41,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from base.opensmile_features import import_opensmile  # noqa: E402
+from base.preprocessing.opensmile_features import import_opensmile  # noqa: E402
 
-import_opensmile()  # before anything could import TensorFlow (see base.preprocess)
+import_opensmile()  # before anything could import TensorFlow (see base.preprocessing.preprocess)
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, default_collate  # noqa: E402
 
-from base.dataset import WindowDataset, make_loader  # noqa: E402
-from base.metrics import evaluate_partition  # noqa: E402
-from base.processed import ProcessedDataset  # noqa: E402
-from base.windowing import overlap_average, window_lengths, window_starts  # noqa: E402
+from base.data.dataset import WindowDataset, make_loader  # noqa: E402
+from base.data.processed import ProcessedDataset  # noqa: E402
+from base.data.windowing import overlap_average, window_lengths, window_starts  # noqa: E402
+from base.training.metrics import evaluate_partition  # noqa: E402
 from benchmarks import loader as loader_bench  # noqa: E402
 from benchmarks import model_step  # noqa: E402
 from configs import DemoConfig, FeatureConfig  # noqa: E402
@@ -108,8 +108,8 @@ def best_seconds(function: Callable[[], object], repeats: int = 2) -> float:
 
 def make_demo_video(root: Path, seconds: float, fps: float):
     """One demo video (one person) with its face crops and annotation; returns its trial."""
-    from base import demo
-    from base.database import discover_trials
+    from base.preprocessing import demo
+    from base.preprocessing.database import discover_trials
 
     config = DemoConfig(demo_n_train_videos=1, demo_n_validation_videos=0, demo_n_test_videos=0, demo_fps=fps,
                         demo_min_seconds=seconds, demo_max_seconds=seconds)
@@ -128,8 +128,8 @@ def vggish_run(checkpoint: str, wav: Path, minutes: float, fps: float, batch_siz
 
 
 def preprocessing_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
-    from base import media, opensmile_features
-    from base.preprocess import trial_stage
+    from base.preprocessing import media, opensmile_features
+    from base.preprocessing.preprocess import trial_stage
 
     trial = make_demo_video(tmp / "Affwild2", args.demo_seconds, args.fps)
     info = media.probe_video(trial.video_path)
@@ -250,7 +250,7 @@ def loop_overlap_average(window_outputs: np.ndarray, starts: np.ndarray, n_frame
 
 
 def loop_metrics(x: list[float], y: list[float]) -> dict[str, float]:
-    """CCC, Pearson r and RMSE with Python loops (population statistics, as base.metrics)."""
+    """CCC, Pearson r and RMSE with Python loops (population statistics, as base.training.metrics)."""
     n = len(x)
     mean_x, mean_y = sum(x) / n, sum(y) / n
     var_x = sum((a - mean_x) ** 2 for a in x) / n

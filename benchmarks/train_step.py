@@ -1,4 +1,4 @@
-"""Seconds per training step exactly as ``main.py`` runs one (``base.trainer.training_step``).
+"""Seconds per training step exactly as ``main.py`` runs one (``base.training.trainer.training_step``).
 
 A step: the loader's uint8 frames and features are moved to the device, the frames get the random
 40x40 crop and flip, then forward, weighted 1 - CCC loss, backward and one Adam step. The batch is
@@ -24,9 +24,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from base.devices import resolve_device  # noqa: E402
 from base.errors import run_cli  # noqa: E402
-from base.trainer import batch_inputs, loss_weights, output_emotions, training_step  # noqa: E402
+from base.training.devices import resolve_device  # noqa: E402
+from base.training.trainer import batch_inputs, loss_weights, output_emotions, training_step  # noqa: E402
 from configs import Modality, ModelConfig  # noqa: E402
 from model import build_model  # noqa: E402
 
@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_batch(modalities: tuple[str, ...], n_windows: int, n_frames: int) -> dict[str, torch.Tensor]:
-    """A CPU batch shaped like ``base.dataset.collate_windows`` output."""
+    """A CPU batch shaped like ``base.data.dataset.collate_windows`` output."""
     generator = torch.Generator().manual_seed(0)
     batch: dict[str, torch.Tensor] = {}
     for name in modalities:

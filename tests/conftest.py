@@ -15,12 +15,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from base.opensmile_features import import_opensmile  # noqa: E402
+from base.preprocessing.opensmile_features import import_opensmile  # noqa: E402
 
 # openSMILE must be loaded before any test imports TensorFlow (the other order crashes the process).
 import_opensmile()
 
-from base import demo  # noqa: E402
+from base.preprocessing import demo  # noqa: E402
 from configs import DemoConfig  # noqa: E402
 
 TINY_FPS = 10.0

@@ -31,7 +31,7 @@ def set_rank_environment(rank: int, world_size: int, port: int) -> None:
 
 def evaluate_worker(rank: int, world_size: int, port: int, setup_path: str, out_dir: str) -> None:
     """Evaluate given weights on a partition with ``world_size`` ranks; each rank pickles its result."""
-    from base.distributed import init_distributed, shutdown_distributed
+    from base.training.distributed import init_distributed, shutdown_distributed
 
     torch.set_num_threads(1)
     set_rank_environment(rank, world_size, port)
@@ -48,7 +48,7 @@ def evaluate_worker(rank: int, world_size: int, port: int, setup_path: str, out_
 
 def fit_worker(rank: int, world_size: int, port: int, setup_path: str, out_dir: str) -> None:
     """Train with ``world_size`` ranks; each rank pickles its final weights and its history."""
-    from base.distributed import init_distributed, shutdown_distributed
+    from base.training.distributed import init_distributed, shutdown_distributed
 
     torch.set_num_threads(1)
     set_rank_environment(rank, world_size, port)
@@ -65,10 +65,10 @@ def fit_worker(rank: int, world_size: int, port: int, setup_path: str, out_dir: 
 
 def build_trainer(setup_path: str, context=None):
     """A Trainer over the dataset, config and weights pickled in ``setup_path``."""
-    from base.cross_validation import fold_partitions, needs_statistics
-    from base.processed import ProcessedDataset
-    from base.run_folder import RunFolder
-    from base.trainer import Trainer
+    from base.data.processed import ProcessedDataset
+    from base.training.cross_validation import fold_partitions, needs_statistics
+    from base.training.run_folder import RunFolder
+    from base.training.trainer import Trainer
     from model import build_model
 
     with open(setup_path, "rb") as handle:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from base.media import find_ffmpeg
+from base.preprocessing.media import find_ffmpeg
 
 # container suffix -> (video codec args, audio codec args)
 _CODECS = {

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from base import demo
-from base.checkpointing import atomic_torch_save
-from base.cross_validation import fold_config
-from base.run_folder import run_folder
+from base.preprocessing import demo
+from base.training.checkpointing import atomic_torch_save
+from base.training.cross_validation import fold_config
+from base.training.run_folder import run_folder
 from configs import Config, apply_overrides, save_config, to_dict
 from model import build_model
 

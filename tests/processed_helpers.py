@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from base.folds import trial_fold_partition
+from base.data.folds import trial_fold_partition
 
 DEFAULT_MODALITIES = ("frame", "mfcc", "egemaps", "vggish")
 DEFAULT_LENGTHS = (250, 120, 430, 300, 180)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from base.annotations import read_annotation
-from base.database import TEST_PARTITION, discover_trials, video_stem
 from base.errors import UserError
-from base.frames import jpg_name, load_face_frames
+from base.preprocessing.annotations import read_annotation
+from base.preprocessing.database import TEST_PARTITION, discover_trials, video_stem
+from base.preprocessing.frames import jpg_name, load_face_frames
 from tests.conftest import write_annotation_file
 
 

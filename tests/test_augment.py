@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from base.augment import normalise, prepare_frames
+from base.data.augment import normalise, prepare_frames
 
 B, T, SIDE, CROP = 4, 6, 48, 40
 

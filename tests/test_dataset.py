@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from base.dataset import WindowDataset, make_loader, shift_labels
+from base.data.dataset import WindowDataset, make_loader, shift_labels
+from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.processed import ProcessedDataset
 from tests.processed_helpers import make_processed_dataset
 
 WINDOW, HOP = 30, 20
@@ -209,7 +209,7 @@ def test_make_loader_with_worker(dataset):
 def test_collate_windows_equals_default_collate(dataset):
     from torch.utils.data import default_collate
 
-    from base.dataset import collate_windows
+    from base.data.dataset import collate_windows
 
     ds = _window_dataset(dataset, modalities=("frame", "mfcc"))
     items = [ds[i] for i in (0, 3, 7)]

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from base import demo
-from base.annotations import read_annotation
 from base.errors import UserError
-from base.media import extract_wav, probe_video, read_wav
+from base.preprocessing import demo
+from base.preprocessing.annotations import read_annotation
+from base.preprocessing.media import extract_wav, probe_video, read_wav
 from configs import DemoConfig
 from tests.conftest import ROOT, SMALL_DEMO
 

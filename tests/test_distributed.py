@@ -17,8 +17,9 @@ import torch
 import torch.multiprocessing as mp
 
 import main
-from base.dataset import make_loader
-from base.distributed import (
+from base.data.dataset import make_loader
+from base.errors import UserError
+from base.training.distributed import (
     DistributedContext,
     gather_window_pieces,
     init_distributed,
@@ -28,8 +29,7 @@ from base.distributed import (
     shuffled_order,
     sum_across_ranks,
 )
-from base.errors import UserError
-from base.run_folder import read_csv
+from base.training.run_folder import read_csv
 from configs import Config
 from tests.distributed_helpers import build_trainer, evaluate_worker, fit_worker, free_port, main_worker
 from tests.processed_helpers import make_processed_dataset

@@ -1,7 +1,7 @@
 import pytest
 
+from base.data.folds import N_FOLDS, chunk_sizes, fold_split, trial_fold_partition
 from base.errors import UserError
-from base.folds import N_FOLDS, chunk_sizes, fold_split, trial_fold_partition
 
 TRAIN = [f"t{i:03d}" for i in range(351)]
 VALIDATION = [f"v{i:02d}" for i in range(71)]

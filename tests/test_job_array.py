@@ -14,8 +14,8 @@ import pytest
 
 import main
 from base.errors import UserError
-from base.job_array import N_TASKS, ArrayTask, array_task, main_arguments, table
-from base.run_folder import read_csv
+from base.training.job_array import N_TASKS, ArrayTask, array_task, main_arguments, table
+from base.training.run_folder import read_csv
 from tests.processed_helpers import make_processed_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_main_arguments_come_from_the_environment_and_parse():
 
 
 def test_the_module_prints_one_argument_per_line(capsys):
-    from base import job_array
+    from base.training import job_array
 
     assert job_array.main(["7"]) == 0
     lines = capsys.readouterr().out.splitlines()

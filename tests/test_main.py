@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import main
-from base.checkpointing import load_torch_file
 from base.errors import UserError
-from base.run_folder import read_csv
+from base.training.checkpointing import load_torch_file
+from base.training.run_folder import read_csv
 from configs import Config, apply_overrides, demo_overrides, from_dict
 from tests.processed_helpers import make_processed_dataset
 

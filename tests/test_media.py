@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from base import media
 from base.errors import UserError
-from base.media import extract_wav, find_ffmpeg, parse_ffmpeg_input, probe_video, read_wav
+from base.preprocessing import media
+from base.preprocessing.media import extract_wav, find_ffmpeg, parse_ffmpeg_input, probe_video, read_wav
 from tests.media_helpers import make_video
 
 

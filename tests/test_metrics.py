@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from base.metrics import ccc, ccc_centering, ccc_loss, evaluate_partition, pearson, rmse
+from base.training.metrics import ccc, ccc_centering, ccc_loss, evaluate_partition, pearson, rmse
 
 
 def test_ccc_by_hand():

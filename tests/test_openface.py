@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from base.errors import UserError
-from base.openface import (
+from base.preprocessing.openface import (
     AU_INTENSITY_COLUMNS,
     AU_PRESENCE_COLUMNS,
     RUN_FLAGS,

@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 
 from base.errors import UserError
-from base.media import extract_wav, read_wav
-from base.opensmile_features import (
+from base.preprocessing.media import extract_wav, read_wav
+from base.preprocessing.opensmile_features import (
     EGEMAPS_COLUMNS,
     MFCC_COLUMNS,
     extract_egemaps,

@@ -10,8 +10,8 @@ import torch
 
 import main
 from base.errors import UserError
-from base.run_folder import read_csv
-from base.trainer import autocast_dtype, loss_weights, output_emotions, training_step
+from base.training.run_folder import read_csv
+from base.training.trainer import autocast_dtype, loss_weights, output_emotions, training_step
 from configs import ModelConfig
 from model import build_model
 from tests.processed_helpers import make_processed_dataset

@@ -12,10 +12,9 @@ import torch
 from torch import nn
 
 import predict
-from base.checkpointing import atomic_torch_save, load_torch_file
+from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.metrics import ccc, ccc_centering
-from base.prediction import (
+from base.prediction.prediction import (
     ArrayTrials,
     FoldModel,
     align_to_frames,
@@ -28,7 +27,8 @@ from base.prediction import (
     predict_ensemble,
     predict_trials,
 )
-from base.processed import ProcessedDataset
+from base.training.checkpointing import atomic_torch_save, load_torch_file
+from base.training.metrics import ccc, ccc_centering
 from configs import Config
 from tests.prediction_helpers import save_run, tiny_config
 from tests.processed_helpers import make_processed_dataset

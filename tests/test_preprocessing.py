@@ -72,7 +72,7 @@ def test_authors_format(processed_demo: Path, demo_database: Path) -> None:
 
 def test_labels_survive_into_the_features(processed_demo: Path) -> None:
     """Features sampled at the labeled frames still follow the labels (frame/label alignment check)."""
-    from base.opensmile_features import EGEMAPS_COLUMNS
+    from base.preprocessing.opensmile_features import EGEMAPS_COLUMNS
 
     info = load_pickle(processed_demo / "dataset_info.pkl")
     trials = [t for p in ("Train_Set", "Validation_Set") for t in info["partition"][p]

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
+from base.data.processed import ProcessedDataset, file_stem
 from base.errors import UserError
-from base.processed import ProcessedDataset, file_stem
 from tests.processed_helpers import make_processed_dataset
 
 
@@ -188,7 +188,7 @@ def test_labels_named_as_in_the_authors_readme_are_read(tmp_path):
 
     import numpy as np
 
-    from base.processed import ProcessedDataset
+    from base.data.processed import ProcessedDataset
     from tests.processed_helpers import make_processed_dataset
 
     root = make_processed_dataset(tmp_path / "data", n_train=5, n_val=2, n_test=1, modalities=("mfcc",))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from base.sampling import opensmile_rows, sample_rows, vggish_rows
+from base.preprocessing.sampling import opensmile_rows, sample_rows, vggish_rows
 
 
 @pytest.mark.parametrize(

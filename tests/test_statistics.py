@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 import calculate_mean_and_std
-from base.folds import fold_split
-from base.processed import ProcessedDataset
+from base.data.folds import fold_split
+from base.data.processed import ProcessedDataset
+from base.preprocessing.statistics import compute_mean_std, merge_moments, moments
 from base.safe_pickle import load_pickle
-from base.statistics import compute_mean_std, merge_moments, moments
 from tests.processed_helpers import make_processed_dataset
 
 

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 
 import predict
-from base.database import TEST_PARTITION, discover_trials
 from base.errors import UserError
-from base.media import probe_video
-from base.submission import (
+from base.prediction.submission import (
     HEADER,
     check_trial_text,
     expected_from_database,
@@ -24,6 +22,8 @@ from base.submission import (
     write_submission,
     write_trial_file,
 )
+from base.preprocessing.database import TEST_PARTITION, discover_trials
+from base.preprocessing.media import probe_video
 from tests.prediction_helpers import save_run, tiny_config
 from tests.processed_helpers import make_processed_dataset
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from base.checkpointing import (
+from base.data.processed import ProcessedDataset
+from base.errors import UserError
+from base.training.checkpointing import (
     atomic_torch_save,
     capture_rng_state,
     check_resumable,
@@ -20,13 +22,11 @@ from base.checkpointing import (
     load_torch_file,
     restore_rng_state,
 )
-from base.cross_validation import FoldResult, ccc_line, fold_partitions, format_summary, summary_rows
-from base.devices import gpu_index_to_device, resolve_device
-from base.errors import UserError
-from base.metrics import ccc_loss
-from base.processed import ProcessedDataset
-from base.run_folder import RunFolder, json_safe, read_csv, run_name, write_csv
-from base.trainer import (
+from base.training.cross_validation import FoldResult, ccc_line, fold_partitions, format_summary, summary_rows
+from base.training.devices import gpu_index_to_device, resolve_device
+from base.training.metrics import ccc_loss
+from base.training.run_folder import RunFolder, json_safe, read_csv, run_name, write_csv
+from base.training.trainer import (
     Evaluation,
     Trainer,
     clone_state,

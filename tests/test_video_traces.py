@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 import predict
-from base import openface
 from base.errors import UserError
-from base.face_detection import (
+from base.prediction.face_detection import (
     FaceBox,
     crop_face,
     detect_video_faces,
@@ -25,8 +24,8 @@ from base.face_detection import (
     openface_faces,
     square_region,
 )
-from base.prediction import load_fold_model
-from base.video_traces import (
+from base.prediction.prediction import load_fold_model
+from base.prediction.video_traces import (
     CSV_COLUMNS,
     VideoOptions,
     frame_times,
@@ -35,6 +34,7 @@ from base.video_traces import (
     resolve_vggish_checkpoint,
     video_traces,
 )
+from base.preprocessing import openface
 from tests.openface_helpers import fake_action_units, write_openface_csv
 from tests.prediction_helpers import face_video, save_run, tiny_config
 from tests.processed_helpers import make_processed_dataset
@@ -258,7 +258,7 @@ def test_visual_run_on_a_silent_video_without_any_face(tmp_path, caplog):
 
 
 def test_openface_binary_runs_on_the_video_frames(silent_clip, tmp_path):
-    from base.video_traces import openface_csv_for
+    from base.prediction.video_traces import openface_csv_for
     from tests.openface_helpers import read_argv_log, write_fake_feature_extraction
 
     binary = write_fake_feature_extraction(tmp_path / "FeatureExtraction", tmp_path / "argv.json", failed_rows=(2,))

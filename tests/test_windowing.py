@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from base.windowing import overlap_average, window_lengths, window_starts
+from base.data.windowing import overlap_average, window_lengths, window_starts
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Windows of processed trials as a PyTorch dataset (SPEC §5).
 
-Every trial is cut into windows (``base.windowing.window_starts``); an item is one window of every
+Every trial is cut into windows (``base.data.windowing.window_starts``); an item is one window of every
 requested modality. Feature files are memory-mapped (``np.load(mmap_mode='r')``) the first time a
 trial is used and kept open, so a window reads only its own rows; labels are small and read whole.
 """
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from base.data.folds import check_fold
+from base.data.processed import FRAME_STEM, LABEL, ProcessedDataset, file_stem
+from base.data.windowing import window_starts
 from base.errors import UserError
-from base.folds import check_fold
-from base.processed import FRAME_STEM, LABEL, ProcessedDataset, file_stem
-from base.windowing import window_starts
 from configs import EMOTIONS
 
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Three detectors, chosen by name (``Detector``):
 * ``mtcnn``: the ``mtcnn`` package (weights inside its wheel; TensorFlow). Its five landmarks level
   the eyes (in-plane rotation). It always runs in a *spawned* process, because TensorFlow must not
   share a process with openSMILE (the openSMILE library crashes when TensorFlow was imported first).
-* ``openface``: the 68 landmarks of an OpenFace ``FeatureExtraction`` CSV (``base.openface``): the face
+* ``openface``: the 68 landmarks of an OpenFace ``FeatureExtraction`` CSV (``base.preprocessing.openface``): the face
   box is their bounding box, the eye centres level the crop, ``success`` says whether a face was found.
 
 A face crop is a square around the face box (its longer side times a margin, centred on the box),
@@ -260,7 +260,7 @@ def crop_video_faces(
 
     Args:
         video_path: the video.
-        n_frames: the frame count to produce (``base.media.probe_video``); decoded frames past it are
+        n_frames: the frame count to produce (``base.preprocessing.media.probe_video``); decoded frames past it are
             ignored, missing ones have no face.
         find_faces: (frames, index of the first) -> the face of each frame, or None.
         size: crop side; margin: crop side / longer box side.

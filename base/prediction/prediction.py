@@ -1,10 +1,10 @@
 """Prediction with trained fold models: windows, overlap averaging and fold fusion (SPEC §6).
 
 A *fold model* is one run's ``best.pt`` (``{"model": state_dict, "config": dict, ...}``, written by
-``base.trainer``) rebuilt as its config describes. Each fold model predicts every trial window by
+``base.training.trainer``) rebuilt as its config describes. Each fold model predicts every trial window by
 window, exactly as validation does during training (``WindowDataset`` in evaluation mode, centre
-crops, ``base.windowing.overlap_average``); the predictions of the runs that share an emotion are
-then merged frame by frame with CCC centering (``base.metrics.ccc_centering``) and clipped to [-1, 1].
+crops, ``base.data.windowing.overlap_average``); the predictions of the runs that share an emotion are
+then merged frame by frame with CCC centering (``base.training.metrics.ccc_centering``) and clipped to [-1, 1].
 
 Runs are grouped by emotion: a run trained on ``valence`` (single- or multi-headed) serves valence
 with its valence column, an ``arousal`` run serves arousal, a ``both`` run serves both. A
@@ -34,14 +34,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from base.checkpointing import load_torch_file
-from base.cross_validation import fold_trials, needs_statistics
-from base.dataset import WindowDataset, make_loader
+from base.data.dataset import WindowDataset, make_loader
+from base.data.processed import LABEL, VALIDATION_SET, ProcessedDataset, file_stem
+from base.data.windowing import overlap_average
 from base.errors import UserError
-from base.metrics import ccc_centering, evaluate_partition
-from base.processed import LABEL, VALIDATION_SET, ProcessedDataset, file_stem
-from base.trainer import LABEL_COLUMN, batch_inputs, output_emotions, trained_emotions
-from base.windowing import overlap_average
+from base.training.checkpointing import load_torch_file
+from base.training.cross_validation import fold_trials, needs_statistics
+from base.training.metrics import ccc_centering, evaluate_partition
+from base.training.trainer import LABEL_COLUMN, batch_inputs, output_emotions, trained_emotions
 from configs import EMOTIONS, Config, Modality, from_dict
 from model import IR50, assemble_model, plan_modalities
 

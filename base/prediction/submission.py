@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from base import atomic
-from base.database import TEST_PARTITION, discover_trials
+from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.processed import ProcessedDataset
+from base.preprocessing.database import TEST_PARTITION, discover_trials
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def expected_from_database(database: str | Path) -> dict[str, int]:
     Raises:
         UserError: the database has no test trial, or a test trial has no video.
     """
-    from base.media import probe_video
+    from base.preprocessing.media import probe_video
 
     trials = [t for t in discover_trials(database) if t.partition == TEST_PARTITION]
     if not trials:

@@ -2,14 +2,14 @@
 
 The video goes through the same steps as a database trial, with every frame kept:
 
-1. ``base.media.probe_video``: frame rate and frame count (the demuxed count preprocessing uses);
-2. faces: a detector (``base.face_detection``: Haar, MTCNN or OpenFace landmarks) finds the face of
+1. ``base.preprocessing.media.probe_video``: frame rate and frame count (the demuxed count preprocessing uses);
+2. faces: a detector (``base.prediction.face_detection``: Haar, MTCNN or OpenFace landmarks) finds the face of
    each frame, cropped square to ``frame_size`` (48) RGB; a frame without a face stays black;
-3. audio, only when a run reads it: ``base.preprocess.audio_stage`` (ffmpeg wav, openSMILE MFCC and
+3. audio, only when a run reads it: ``base.preprocessing.preprocess.audio_stage`` (ffmpeg wav, openSMILE MFCC and
    eGeMAPS) and ``vggish_stage`` (one VGGish embedding per frame), run in spawned processes exactly as
-   preprocessing runs them, then sampled at every frame with ``base.sampling``;
+   preprocessing runs them, then sampled at every frame with ``base.preprocessing.sampling``;
 4. OpenFace landmarks/action units (``flm``/``fau``), when a run reads them, from its CSV;
-5. every run predicts the video (``base.prediction.predict_ensemble``: the features z-scored with the
+5. every run predicts the video (``base.prediction.prediction.predict_ensemble``: the features z-scored with the
    statistics of the run's fold and ``Validation_Set``, as for test trials); the runs of an emotion
    are merged by CCC centering and clipped to [-1, 1].
 
@@ -35,14 +35,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from base import face_detection, media, openface
-from base.cross_validation import needs_statistics
-from base.devices import resolve_device
+from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.face_detection import Detector, FaceTrack
-from base.prediction import ArrayTrials, FoldModel, group_by_emotion, predict_ensemble
-from base.processed import ProcessedDataset
-from base.sampling import opensmile_rows, sample_rows, vggish_rows
+from base.prediction import face_detection
+from base.prediction.face_detection import Detector, FaceTrack
+from base.prediction.prediction import ArrayTrials, FoldModel, group_by_emotion, predict_ensemble
+from base.preprocessing import media, openface
+from base.preprocessing.sampling import opensmile_rows, sample_rows, vggish_rows
+from base.training.cross_validation import needs_statistics
+from base.training.devices import resolve_device
 from configs import EMOTIONS, FeatureConfig, Modality
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def openface_csv_for(video: Path, options: VideoOptions, work_dir: Path, n_frame
     """The OpenFace CSV of the video: the given file or ``<folder>/<stem>.csv``, or one made by running it.
 
     Running it writes the frames as ``00001.jpg ...`` and calls ``FeatureExtraction -fdir`` on them
-    (``base.openface.run_feature_extraction``), so CSV row k is video frame k.
+    (``base.preprocessing.openface.run_feature_extraction``), so CSV row k is video frame k.
     """
     if options.openface_output:
         given = Path(options.openface_output)
@@ -372,7 +373,7 @@ def _extract(video: Path, n_frames: int, fps: float, detector: Detector, audio_n
              openface_names: list[str], vggish_checkpoint: str, features: FeatureConfig, options: VideoOptions,
              work_dir: Path) -> tuple[dict[str, np.ndarray], FaceTrack]:
     """Faces and features of every frame; the audio runs in spawned processes while the faces are found."""
-    from base.preprocess import _init_vggish, audio_stage, vggish_stage
+    from base.preprocessing.preprocess import _init_vggish, audio_stage, vggish_stage
 
     context = multiprocessing.get_context("spawn")
     cache = work_dir / "audio"

@@ -24,7 +24,7 @@ import soundfile
 from tqdm import tqdm
 
 from base.errors import UserError
-from base.media import find_ffmpeg
+from base.preprocessing.media import find_ffmpeg
 from configs import DemoConfig
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from base.errors import UserError
-from base.media import read_wav
+from base.preprocessing.media import read_wav
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def import_opensmile() -> Any:
         raise RuntimeError(
             "openSMILE crashes a process into which TensorFlow was imported first; run openSMILE "
             "in a spawned process whose modules do not import tensorflow at top level, or call "
-            "base.opensmile_features.import_opensmile() before importing tensorflow"
+            "base.preprocessing.opensmile_features.import_opensmile() before importing tensorflow"
         )
     import opensmile
 

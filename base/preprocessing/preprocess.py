@@ -32,10 +32,10 @@ import numpy as np
 from tqdm import tqdm
 
 from base import atomic
-from base.annotations import read_annotation
-from base.database import TEST_PARTITION, Trial, discover_trials
 from base.errors import UserError
-from base.frames import load_face_frames
+from base.preprocessing.annotations import read_annotation
+from base.preprocessing.database import TEST_PARTITION, Trial, discover_trials
+from base.preprocessing.frames import load_face_frames
 from base.safe_pickle import save_pickle
 from configs import FeatureConfig
 
@@ -96,7 +96,7 @@ def prepare_output(output: Path) -> None:
 
 def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, Any]:
     """Stage 1 (no TensorFlow in this process): probe, wav, MFCC and eGeMAPS of one video."""
-    from base import media, opensmile_features
+    from base.preprocessing import media, opensmile_features
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
 
 def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConfig) -> TrialResult:
     """Stage 3: labels, frames and sampled features of one trial, written atomically."""
-    from base.sampling import opensmile_rows, sample_rows, vggish_rows
+    from base.preprocessing.sampling import opensmile_rows, sample_rows, vggish_rows
 
     cache = Path(cache_dir)
     info = json.loads((cache / "video.json").read_text())
@@ -204,7 +204,7 @@ def frame_indices_of(trial: Trial, output: Path) -> np.ndarray:
 
 def openface_stage(trial: Trial, output: str, features: FeatureConfig) -> str:
     """Optional stage 4: ``landmark.npy`` and ``au.npy`` from OpenFace, added to a finished trial."""
-    from base import openface
+    from base.preprocessing import openface
 
     output_path = Path(output)
     trial_dir = output_path / "npy_data" / trial.name
@@ -233,7 +233,7 @@ def _has_openface(output: Path, trial: Trial) -> bool:
 
 def _run_openface(trials: list[Trial], output: Path, features: FeatureConfig,
                   results: dict[str, TrialResult], quiet: bool) -> None:
-    from base.openface import find_openface
+    from base.preprocessing.openface import find_openface
 
     if features.openface_bin:
         find_openface(features.openface_bin)  # one clear error before any work
@@ -411,7 +411,7 @@ def write_dataset_info(output: Path, trials: list[Trial], results: dict[str, Tri
 
 def _egemaps_version() -> str:
     try:
-        from base.opensmile_features import EGEMAPS_VERSION
+        from base.preprocessing.opensmile_features import EGEMAPS_VERSION
     except ImportError:
         return "unknown"
     return str(EGEMAPS_VERSION)

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from base.folds import N_FOLDS, trial_fold_partition
-from base.processed import TRAIN_SET, VALIDATION_SET, ProcessedDataset
+from base.data.folds import N_FOLDS, trial_fold_partition
+from base.data.processed import TRAIN_SET, VALIDATION_SET, ProcessedDataset
 
 logger = logging.getLogger(__name__)
 

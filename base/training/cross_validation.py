@@ -6,7 +6,7 @@ that fold and of the partition each window belongs to), the model and a ``Traine
 resume support, evaluates the best weights and writes the run folder. The per-fold results go to
 ``<save_path>/<prefix>_<stamp>_cv_summary.csv``.
 
-Under ``torchrun`` every rank runs this with its ``DistributedContext`` (``base.distributed``);
+Under ``torchrun`` every rank runs this with its ``DistributedContext`` (``base.training.distributed``);
 only rank 0 writes the run folder and the summary.
 """
 
@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from base.checkpointing import check_resumable, load_torch_file, seed_everything
-from base.dataset import WindowDataset
-from base.devices import resolve_device
-from base.distributed import DistributedContext
+from base.data.dataset import WindowDataset
+from base.data.folds import TRAIN_PARTITION, VALIDATION_PARTITION, check_fold, fold_split
+from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.folds import TRAIN_PARTITION, VALIDATION_PARTITION, check_fold, fold_split
-from base.plots import plot_learning_curves, plot_traces
-from base.processed import ProcessedDataset
-from base.run_folder import cv_summary_path, run_folder, write_csv, write_json
-from base.trainer import Partition, Trainer, output_emotions, trained_emotions
+from base.training.checkpointing import check_resumable, load_torch_file, seed_everything
+from base.training.devices import resolve_device
+from base.training.distributed import DistributedContext
+from base.training.plots import plot_learning_curves, plot_traces
+from base.training.run_folder import cv_summary_path, run_folder, write_csv, write_json
+from base.training.trainer import Partition, Trainer, output_emotions, trained_emotions
 from configs import Config, Modality, save_config, to_dict
 from model import build_model
 

@@ -34,8 +34,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from base.devices import resolve_device
 from base.errors import UserError
+from base.training.devices import resolve_device
 from configs import Config
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def rank_config(config: Config, context: DistributedContext) -> Config:
 def shuffled_order(n_items: int, seed: int) -> np.ndarray:
     """The order in which a shuffled DataLoader whose generator is seeded with ``seed`` visits items.
 
-    ``base.dataset.make_loader`` seeds its generator with ``seed + epoch``; the DataLoader draws from
+    ``base.data.dataset.make_loader`` seeds its generator with ``seed + epoch``; the DataLoader draws from
     it before its sampler does, so the order is taken from a DataLoader itself (over the indices).
     """
     loader = DataLoader(range(n_items), batch_size=max(n_items, 1), shuffle=True,

@@ -6,7 +6,7 @@ contiguous range of 6 indices is one model's cross-validation::
     0-5    valence  unimodal  folds 0-5        12-17  arousal  unimodal  folds 0-5
     6-11   valence  fusion    folds 0-5        18-23  arousal  fusion    folds 0-5
 
-``job.pbs`` and ``job.slurm`` call ``python -m base.job_array INDEX``, which prints the ``main.py``
+``job.pbs`` and ``job.slurm`` call ``python -m base.training.job_array INDEX``, which prints the ``main.py``
 arguments of that index, one per line. Paths and settings come from environment variables:
 
     DATASET_PATH         processed dataset (default: Affwild2_processed)
@@ -21,7 +21,7 @@ arguments of that index, one per line. Paths and settings come from environment 
     PRECISION            fp32, bf16 or fp16 (default: the config's)
     EXTRA_ARGS           more main.py flags, appended last so that they win (e.g. "--num-epochs 5")
 
-``python -m base.job_array --list`` prints the whole table.
+``python -m base.training.job_array --list`` prints the whole table.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m base.job_array",
+        prog="python -m base.training.job_array",
         description="Print the main.py arguments of one job-array index, one per line.",
     )
     parser.add_argument("index", nargs="?", type=int, help=f"array index 0-{N_TASKS - 1}")

@@ -8,7 +8,7 @@ One folder per (experiment, model, modalities, emotion, head, fold, stamp)::
         learning_curves.png   train loss and validation CCC per epoch
         traces.png            predicted vs true for a few validation trials
         metrics.json          the best epoch's validation metrics, overall and per trial
-        checkpoint.pt         everything needed to resume (base.checkpointing)
+        checkpoint.pt         everything needed to resume (base.training.checkpointing)
         best.pt               the best model's state dict and config
 """
 

@@ -3,8 +3,8 @@
 Adam over the trainable parameters, ReduceLROnPlateau on the validation CCC, gradual release of the
 visual backbone, early stopping, and a checkpoint each epoch from which a killed run continues
 exactly (history.csv, checkpoint.pt, best.pt). Data assembly, the run sequence, the final evaluation
-and the plots live in ``base.cross_validation``; file helpers in ``base.run_folder`` and
-``base.checkpointing``.
+and the plots live in ``base.training.cross_validation``; file helpers in ``base.training.run_folder`` and
+``base.training.checkpointing``.
 
 Gradual release (SPEC §5): the backbone starts frozen. At epoch 0, and at the start of every epoch
 where the learning rate has fallen below ``min_learning_rate``, the next backbone group is made
@@ -13,7 +13,7 @@ initial learning rate. A trigger with no group left ends training. With ``gradua
 nothing is ever released and the backbone stays frozen (as in the authors' code); models without
 a frame modality have no groups and train until early stopping or the epoch budget.
 
-Under ``torchrun`` (``base.distributed``) the training step runs the model wrapped in
+Under ``torchrun`` (``base.training.distributed``) the training step runs the model wrapped in
 DistributedDataParallel, every rank sees its share of the windows, evaluation outputs are gathered
 from all ranks before the overlap averaging and the CCC, and only rank 0 writes files. ``precision``
 bf16/fp16 runs the model under autocast (the loss stays fp32; fp16 adds a gradient scaler) and
@@ -35,10 +35,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from base.augment import prepare_frames
-from base.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
-from base.dataset import WindowDataset, make_loader
-from base.distributed import (
+from base.data.augment import prepare_frames
+from base.data.dataset import WindowDataset, make_loader
+from base.data.windowing import overlap_average
+from base.errors import UserError
+from base.training.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
+from base.training.distributed import (
     DistributedContext,
     broadcast_buffers,
     gather_window_pieces,
@@ -46,10 +48,8 @@ from base.distributed import (
     sum_across_ranks,
     wrap_model,
 )
-from base.errors import UserError
-from base.metrics import ccc_loss, evaluate_partition
-from base.run_folder import RunFolder, write_csv
-from base.windowing import overlap_average
+from base.training.metrics import ccc_loss, evaluate_partition
+from base.training.run_folder import RunFolder, write_csv
 from configs import EMOTIONS, Config, Modality, ModelConfig, to_dict
 
 logger = logging.getLogger(__name__)
