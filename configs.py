@@ -72,6 +72,42 @@ MODALITY_FEATURE_DIM = {
 EMOTIONS = ("valence", "arousal")
 
 
+class Recipe(enum.StrEnum):
+    """Whose arithmetic a run follows (``recipe`` config key; README: table of deviations)."""
+
+    AUTHORS = "authors"  # the authors' code, number for number (the default)
+    CORRECTED = "corrected"  # our corrections of the behaviours in RECIPE_SETTINGS
+
+
+# Every behaviour on which the recipes differ: config key -> value under each recipe. These keys
+# default to None ("follow the recipe"); a value given in a config file or on the command line wins.
+# ``resolve_recipe`` fills them in, and run folders record the resolved values.
+RECIPE_SETTINGS: dict[str, dict[Recipe, Any]] = {
+    # frozen backbone BatchNorm in model.train(): batch statistics, running statistics updated (the
+    # authors' model.train() on the whole model) or kept in eval mode with the pretrained statistics
+    "frozen_batchnorm": {Recipe.AUTHORS: "train", Recipe.CORRECTED: "eval"},
+    # padded frames of short windows: through the backbone, its BatchNorm statistics and the loss
+    # (audio padding z-scored like data: -mean/std), or masked out of all three
+    "padded_frames": {Recipe.AUTHORS: "model", Recipe.CORRECTED: "masked"},
+    # training loss: the authors' per-window 1 - CCC (covariance / N, variances / (N - 1), all frames)
+    # or the population CCC over valid frames
+    "ccc_loss": {Recipe.AUTHORS: "authors", Recipe.CORRECTED: "population"},
+    # training windows: shuffled once with the seed and read in that order every epoch, or reshuffled
+    "epoch_order": {Recipe.AUTHORS: "fixed", Recipe.CORRECTED: "reshuffle"},
+    # statistics that z-score test trials: the test trials' own (Target_Set) or the fold's validation ones
+    "test_statistics": {Recipe.AUTHORS: "Target_Set", Recipe.CORRECTED: "Validation_Set"},
+    # the authors' fusion defect: follower queries/values computed from the follower keys
+    "fusion_quirk": {Recipe.AUTHORS: True, Recipe.CORRECTED: False},
+    # third release group of ir_se: the authors' parameter slice (last 2 units of stage 3) or 3 units as for ir
+    "release_groups": {Recipe.AUTHORS: "authors", Recipe.CORRECTED: "three_units"},
+    # early stopping counts epochs after min_num_epochs (epoch > min, the authors') or from it (>=)
+    "min_epochs_inclusive": {Recipe.AUTHORS: False, Recipe.CORRECTED: True},
+    # CCC-centering fold fusion: the authors' agreement weights (sample variances, negative agreements
+    # kept) or population CCC with negative agreements clipped to 0
+    "fold_fusion": {Recipe.AUTHORS: "authors", Recipe.CORRECTED: "clipped"},
+}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """A small database in the exact Aff-Wild2 layout whose faces and sounds carry the labels."""
@@ -124,9 +160,11 @@ class ModelConfig:
     cnn1d_kernel_size: int = 5
     cnn1d_dropout: float = 0.1
     fusion_dim: int = 32  # key/query/value width of the attentive fusion
-    fusion_quirk: bool = False  # reproduce the authors' query/value-from-key defect
+    fusion_quirk: bool | None = None  # the authors' query/value-from-key defect (None: from the recipe)
     backbone_chunk_size: int = 512  # frames per backbone pass (bounds memory on long windows)
     follower_mode: str = "fusion"  # how flm/fau enter: as fusion followers
+    frozen_batchnorm: str | None = None  # train or eval (None: from the recipe, RECIPE_SETTINGS)
+    release_groups: str | None = None  # authors or three_units (None: from the recipe)
 
     @property
     def output_dim(self) -> int:
@@ -169,6 +207,13 @@ class TrainConfig:
     quiet: bool = False
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 only on CUDA, with a gradient scaler)
     channels_last: bool = False  # channels_last memory format for the IR-50 backbone
+    recipe: str = "authors"  # authors (their arithmetic) or corrected (our corrections); see RECIPE_SETTINGS
+    padded_frames: str | None = None  # model or masked (None: from the recipe)
+    ccc_loss: str | None = None  # authors or population (None: from the recipe)
+    epoch_order: str | None = None  # fixed or reshuffle (None: from the recipe)
+    test_statistics: str | None = None  # Target_Set or Validation_Set (None: from the recipe)
+    min_epochs_inclusive: bool | None = None  # None: from the recipe
+    fold_fusion: str | None = None  # authors or clipped (None: from the recipe)
 
 
 @dataclass(frozen=True)
@@ -221,9 +266,11 @@ FIELD_HELP: dict[str, str] = {
     "cnn1d_kernel_size": "TCN kernel size",
     "cnn1d_dropout": "TCN dropout",
     "fusion_dim": "key/query/value width of the attentive fusion",
-    "fusion_quirk": "reproduce the authors' defect (follower queries/values computed from their keys)",
+    "fusion_quirk": "the authors' defect: follower queries/values computed from their keys",
     "backbone_chunk_size": "frames per backbone pass (bounds memory on long windows)",
     "follower_mode": "how non-leading modalities enter the model",
+    "frozen_batchnorm": "frozen backbone BatchNorm while training: train (batch statistics, the authors') or eval",
+    "release_groups": "gradual-release groups: authors (ir_se's third group is 2 units) or three_units",
     # train
     "dataset_path": "preprocessed dataset (dataset_info.pkl, mean_std_dict.pkl, npy_data/)",
     "save_path": "folder of the run folders",
@@ -257,6 +304,13 @@ FIELD_HELP: dict[str, str] = {
     "quiet": "warnings only, no progress bars",
     "precision": "fp32, bf16 or fp16 autocast for the model (fp16 only on CUDA, with a gradient scaler)",
     "channels_last": "store the IR-50 backbone in channels_last memory format (faster convolutions on GPUs)",
+    "recipe": "authors: the authors' arithmetic, number for number; corrected: our corrections (README table)",
+    "padded_frames": "padding of short windows: model (through backbone and loss, the authors') or masked",
+    "ccc_loss": "training loss: authors (per-window CCC, cov/N, var/(N-1)) or population (masked, /N)",
+    "epoch_order": "training windows: fixed (shuffled once with the seed, the authors') or reshuffle each epoch",
+    "test_statistics": "z-scoring of test trials: Target_Set (the authors') or Validation_Set (the fold's)",
+    "min_epochs_inclusive": "early stopping counts from epoch min_num_epochs (1) or after it (0, the authors')",
+    "fold_fusion": "CCC-centering weights: authors (sample variances, negatives kept) or clipped (population, >= 0)",
 }
 
 
@@ -286,6 +340,14 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _optional_inner(annotation: Any) -> Any:
+    """``X`` of ``X | None`` (the only union configs use: None means "from the recipe")."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if len(args) != 1 or type(None) not in typing.get_args(annotation):
+        raise TypeError(f"only X | None unions are used in configs, got {annotation!r}")
+    return args[0]
+
+
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Check ``value`` against ``annotation``; lists become tuples; ints are accepted as floats."""
     origin = typing.get_origin(annotation)
@@ -295,7 +357,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             value = [value]
         return tuple(_coerce(key, item, item_type) for item in value)
     if origin in (typing.Union, types.UnionType):
-        raise TypeError("unions are not used in configs")
+        inner = _optional_inner(annotation)
+        return None if value is None else _coerce(key, value, inner)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -386,7 +449,43 @@ def validate(config: Config) -> Config:
         raise UserError("config keys 'window_length'/'hop_length' need 0 < hop <= window")
     if t.batch_size <= 0:
         raise UserError("config key 'batch_size' must be positive")
+    recipes = [r.value for r in Recipe]
+    if t.recipe not in recipes:
+        raise UserError(f"config key 'recipe' must be {' or '.join(recipes)}, got '{t.recipe}'")
+    for key, values in RECIPE_SETTINGS.items():
+        value = getattr(config.model if key in MODEL_RECIPE_KEYS else t, key)
+        choices = list(dict.fromkeys(values.values()))
+        if value is not None and value not in choices:
+            shown = " or ".join(map(str, choices))
+            raise UserError(f"config key '{key}' must be {shown} (or unset: from the recipe), got {value!r}")
     return config
+
+
+MODEL_RECIPE_KEYS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) & set(RECIPE_SETTINGS)
+
+
+def resolve_model_recipe(model: ModelConfig, recipe: str = Recipe.AUTHORS.value) -> ModelConfig:
+    """``model`` with every recipe-dependent key left unset filled in from ``recipe``."""
+    chosen = Recipe(recipe)
+    fills = {key: RECIPE_SETTINGS[key][chosen] for key in MODEL_RECIPE_KEYS if getattr(model, key) is None}
+    return dataclasses.replace(model, **fills) if fills else model
+
+
+def resolve_recipe(config: Config) -> Config:
+    """``config`` with every recipe-dependent key left unset (None) filled in from ``recipe``.
+
+    Keys given explicitly keep their values. Idempotent; run folders store the result.
+    """
+    chosen = Recipe(config.train.recipe)
+    train_fills = {
+        key: values[chosen] for key, values in RECIPE_SETTINGS.items()
+        if key not in MODEL_RECIPE_KEYS and getattr(config.train, key) is None
+    }
+    return dataclasses.replace(
+        config,
+        model=resolve_model_recipe(config.model, chosen.value),
+        train=dataclasses.replace(config.train, **train_fills) if train_fills else config.train,
+    )
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -414,8 +513,14 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def from_dict(data: Mapping[str, Any]) -> Config:
-    """Rebuild a Config from ``to_dict`` output (e.g. one stored in a checkpoint)."""
-    return apply_overrides(Config(), data)
+    """Rebuild a Config from ``to_dict`` output (e.g. one stored in a checkpoint), recipe resolved.
+
+    A stored config without a ``recipe`` key predates the recipes: its run behaved as ``corrected``.
+    """
+    train = data.get("train")
+    if isinstance(train, Mapping) and "recipe" not in train:
+        data = {**data, "train": {**train, "recipe": Recipe.CORRECTED.value}}
+    return resolve_recipe(apply_overrides(Config(), data))
 
 
 def save_config(config: Config, run_dir: str | Path, name: str = "config.json") -> Path:
@@ -455,6 +560,8 @@ def add_config_arguments(
         hints = _field_types(type(section_obj))
         for f in dataclasses.fields(section_obj):
             annotation = hints[f.name]
+            if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+                annotation = _optional_inner(annotation)
             names = [f"--{_kebab(f.name)}", *aliases.get(f.name, ())]
             default = getattr(section_obj, f.name)
             kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
@@ -464,10 +571,10 @@ def add_config_arguments(
                 shown = " ".join(map(str, default))
             elif annotation is bool:
                 kwargs.update(type=_parse_bool, metavar="0|1")
-                shown = str(int(default))
+                shown = str(int(default)) if default is not None else "from --recipe"
             else:
                 kwargs.update(type=annotation, metavar=f.name.upper())
-                shown = str(default) if default != "" else "''"
+                shown = "from --recipe" if default is None else str(default) if default != "" else "''"
             description = FIELD_HELP.get(f.name, "")
             group.add_argument(*names, help=f"{description} (default: {shown})".strip(), **kwargs)
 
@@ -491,4 +598,4 @@ def resolve(args: argparse.Namespace, base: Config | None = None,
     if config_file:
         config = apply_overrides(config, load_config_file(config_file))
     flags = {k: v for k, v in vars(args).items() if k in FLAT_KEYS}
-    return apply_overrides(config, flags)
+    return resolve_recipe(apply_overrides(config, flags))

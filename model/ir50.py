@@ -168,38 +168,43 @@ class IR50(nn.Module):
         return F.normalize(x, dim=1)
 
 
+def batchnorm_training(module: nn.Module) -> bool:
+    """Whether any BatchNorm layer of ``module`` normalises with batch statistics (training mode)."""
+    return any(m.training for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
 def embed_frames(backbone: IR50, frames: torch.Tensor, chunk_size: int,
                  valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Embed every frame of a batch of clips, at most ``chunk_size`` frames per backbone pass.
+    """Embed every frame of a batch of clips.
 
     Args:
         backbone: the face backbone.
         frames: (B, T, 3, S, S) normalised face crops.
-        chunk_size: frames per pass; chunks are near-equal so none is a single frame (BatchNorm1d
-            in training mode needs two samples).
-        valid: optional (B, T) bool, False on the zero padding of short clips. Padded frames skip the
-            backbone (about 6 GFLOPs a frame at 40x40) and get zero embeddings; the padding is at the
-            end of a window and the TCNs are causal, so valid outputs are unchanged, and a released
-            BatchNorm never sees padding in its batch statistics.
+        chunk_size: frames per pass, used only where chunking is exact: when no BatchNorm layer of
+            the backbone is in training mode. Otherwise all frames go through in one pass, as in the
+            authors' model (chunks would change the batch statistics). Chunks are near-equal.
+        valid: optional (B, T) bool, False on the zero padding of short clips (best on the host: the
+            indices are taken there, without a device sync). Padded frames skip the backbone (about
+            6 GFLOPs a frame at 40x40) and get zero embeddings; the padding is at the end of a window
+            and the TCNs are causal, so valid outputs are unchanged, and a BatchNorm in training mode
+            never sees padding in its batch statistics.
 
     Returns:
         (B, T, 512) L2-normalised embeddings (zeros where ``valid`` is False).
     """
     n_clips, n_steps = frames.shape[:2]
     flat = frames.reshape(n_clips * n_steps, *frames.shape[2:])  # (B*T, 3, S, S)
-    keep = None
+    keep = None  # (N_valid,) indices of the valid frames, on the frames' device
     if valid is not None:
-        keep = valid.reshape(-1).to(device=flat.device, dtype=torch.bool)  # (B*T,)
-        if int(keep.sum()) >= 2 and not bool(keep.all()):
-            flat = flat[keep]  # (N_valid, 3, S, S)
-        else:
-            keep = None
+        kept = torch.nonzero(valid.reshape(-1).cpu(), as_tuple=True)[0]  # (N_valid,) on the host
+        if 2 <= len(kept) < len(flat):
+            keep = kept.to(flat.device, non_blocking=True)
+            flat = flat.index_select(0, keep)  # (N_valid, 3, S, S)
     if backbone.input_layer[0].weight.is_contiguous(memory_format=torch.channels_last):
         flat = flat.contiguous(memory_format=torch.channels_last)
-    n_chunks = max(1, -(-flat.shape[0] // max(1, chunk_size)))
+    n_chunks = 1 if batchnorm_training(backbone) else max(1, -(-flat.shape[0] // max(1, chunk_size)))
     embeddings = torch.cat([backbone.embed(chunk) for chunk in torch.tensor_split(flat, n_chunks)])
     if keep is not None:
         scattered = embeddings.new_zeros(n_clips * n_steps, embeddings.shape[-1])
-        scattered[keep] = embeddings
-        embeddings = scattered
+        embeddings = scattered.index_copy(0, keep, embeddings)
     return embeddings.reshape(n_clips, n_steps, -1)  # (B, T, 512)

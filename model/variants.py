@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from base.errors import UserError
-from configs import Config, Modality, ModelConfig
+from configs import Config, Modality, ModelConfig, resolve_model_recipe
 from model.freezing import ReleasableModel
 from model.fusion import LeaderFollowerFusion
 from model.ir50 import EMBEDDING_DIM, INPUT_LAYOUTS, IR50, embed_frames
@@ -103,7 +103,7 @@ class StreamModel(ReleasableModel):
     """
 
     def __init__(self, config: ModelConfig, plan: ModalityPlan, backbone: IR50 | None) -> None:
-        super().__init__(backbone)
+        super().__init__(backbone, frozen_batchnorm=config.frozen_batchnorm, release_style=config.release_groups)
         self.plan = plan
         self.backbone_chunk_size = config.backbone_chunk_size
         self.output_dim = config.output_dim
@@ -230,7 +230,10 @@ def assemble_model(config: Config | ModelConfig, backbone: IR50 | None) -> Relea
     ``build_model`` loads the backbone and calls this; tests and tools that already hold a
     backbone call it directly. The backbone is used as is (not copied) and gets fully frozen.
     """
-    model_config = config.model if isinstance(config, Config) else config
+    if isinstance(config, Config):
+        model_config = resolve_model_recipe(config.model, config.train.recipe)
+    else:  # a model section alone: keys left to the recipe follow the default (authors) recipe
+        model_config = resolve_model_recipe(config)
     plan = plan_modalities(model_config.modality)
     _check(model_config, plan)
     if (backbone is not None) != (plan.leader is Modality.FRAME):

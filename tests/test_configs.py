@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,10 +91,45 @@ def test_wrong_type_on_the_command_line_is_an_argparse_error() -> None:
 
 
 def test_save_config_round_trips(tmp_path: Path) -> None:
-    c = configs.apply_overrides(configs.Config(), {"head": "mh", "fold": [1, 2]})
+    c = configs.resolve_recipe(configs.apply_overrides(configs.Config(), {"head": "mh", "fold": [1, 2]}))
     path = configs.save_config(c, tmp_path / "run")
     assert path.name == "config.json"
     assert configs.from_dict(json.loads(path.read_text())) == c
+
+
+def test_recipe_fills_every_unset_behaviour_and_explicit_keys_win() -> None:
+    authors = _parse([])
+    corrected = _parse(["--recipe", "corrected", "--fusion-quirk", "1", "--ccc-loss", "authors"])
+    assert authors.train.recipe == "authors"
+    for key, values in configs.RECIPE_SETTINGS.items():
+        section = "model" if key in configs.MODEL_RECIPE_KEYS else "train"
+        assert getattr(getattr(authors, section), key) == values[configs.Recipe.AUTHORS], key
+        if key not in ("fusion_quirk", "ccc_loss"):
+            assert getattr(getattr(corrected, section), key) == values[configs.Recipe.CORRECTED], key
+    assert corrected.model.fusion_quirk is True and corrected.train.ccc_loss == "authors"
+    # a later --recipe still decides the keys a config file left unset
+    assert configs.resolve_recipe(configs.apply_overrides(configs.Config(), {"recipe": "corrected"})).train.epoch_order \
+        == "reshuffle"
+
+
+def test_stored_config_without_a_recipe_predates_recipes() -> None:
+    stored = configs.to_dict(configs.Config())
+    del stored["train"]["recipe"]
+    for key in configs.RECIPE_SETTINGS:
+        stored["model" if key in configs.MODEL_RECIPE_KEYS else "train"].pop(key)
+    restored = configs.from_dict(stored)
+    assert restored.train.recipe == "corrected" and restored.train.epoch_order == "reshuffle"
+    assert restored.model.frozen_batchnorm == "eval"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--recipe", "mine"], "config key 'recipe' must be authors or corrected, got 'mine'"),
+    (["--ccc-loss", "mse"], "config key 'ccc_loss' must be authors or population"),
+    (["--test-statistics", "Test_Set"], "config key 'test_statistics' must be Target_Set or Validation_Set"),
+])
+def test_bad_recipe_values_name_the_key(flags, message) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        _parse(flags)
 
 
 def test_every_field_has_help_text() -> None:

@@ -15,7 +15,7 @@ import main
 from base.errors import UserError
 from base.training.checkpointing import load_torch_file
 from base.training.run_folder import read_csv
-from configs import Config, apply_overrides, demo_overrides, from_dict
+from configs import Config, apply_overrides, demo_overrides, from_dict, resolve_recipe
 from tests.processed_helpers import make_processed_dataset
 
 # tiny models run fastest on one thread (and do not suffer from a busy machine)
@@ -97,7 +97,7 @@ def test_gpu_and_cpu_flags_and_ignored_cluster_flags():
 
 def test_demo_recipe_then_config_file_then_flags(tmp_path):
     demo = main.parse_config(["--demo"])
-    assert demo == apply_overrides(Config(), demo_overrides())
+    assert demo == resolve_recipe(apply_overrides(Config(), demo_overrides()))
     config_file = tmp_path / "c.json"
     config_file.write_text(json.dumps({"train": {"batch_size": 2, "num_epochs": 3}, "patience": 1}))
     config = main.parse_config(["--demo", "--config", str(config_file), "--num-epochs", "4"])

@@ -10,7 +10,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from base.errors import UserError
-from configs import Config, ModelConfig, to_dict
+from configs import Config, ModelConfig, TrainConfig, to_dict
 from model import (
     IR50,
     RELEASE_GROUPS,
@@ -23,6 +23,7 @@ from model import (
     plan_modalities,
     save_authors_checkpoint,
 )
+from model.freezing import release_groups_for
 from model.fusion import LeaderFollowerFusion, attend_across_modalities
 from model.tcn import TemporalConvNet, causal_padding
 
@@ -349,7 +350,7 @@ def test_fusion_computes_queries_from_the_right_source(quirk):
 
 
 def test_fusion_quirk_changes_outputs_for_the_same_weights():
-    default = assemble_model(make_config(("mfcc", "vggish", "egemaps")), None).eval()
+    default = assemble_model(make_config(("mfcc", "vggish", "egemaps"), fusion_quirk=False), None).eval()
     quirky = assemble_model(make_config(("mfcc", "vggish", "egemaps"), fusion_quirk=True), None).eval()
     quirky.load_state_dict(default.state_dict(), strict=True)  # same shapes: followers are 32 wide
     inputs = make_inputs(("mfcc", "vggish", "egemaps"))
@@ -357,6 +358,16 @@ def test_fusion_quirk_changes_outputs_for_the_same_weights():
         assert not torch.allclose(default(inputs), quirky(inputs))
     assert not default.fusion.quirk and quirky.fusion.quirk
     assert not any(isinstance(module, torch.nn.GroupNorm) for module in default.modules())  # no unused layers
+
+
+def test_model_keys_left_to_the_recipe_follow_it():
+    authors = assemble_model(make_config(("mfcc", "vggish")), None)  # a model section alone: authors
+    assert authors.fusion.quirk and authors.frozen_batchnorm == "train"
+    corrected = assemble_model(Config(model=make_config(("mfcc", "vggish")), train=TrainConfig(recipe="corrected")),
+                               None)
+    assert not corrected.fusion.quirk and corrected.frozen_batchnorm == "eval"
+    explicit = Config(model=make_config(("mfcc", "vggish"), fusion_quirk=False), train=TrainConfig(recipe="authors"))
+    assert not assemble_model(explicit, None).fusion.quirk  # an explicit key wins over the recipe
 
 
 # ----------------------------------------------------------------------------- variants
@@ -432,6 +443,24 @@ def test_release_groups_name_the_recipe_order():
     assert [g.name for g in RELEASE_GROUPS] == ["backbone.output_layer", "stage4", "stage3_last3"]
     assert RELEASE_GROUPS[1].module_names == ("body.21", "body.22", "body.23")
     assert RELEASE_GROUPS[2].module_names == ("body.18", "body.19", "body.20")
+    assert release_groups_for("ir", "authors") == RELEASE_GROUPS
+    assert release_groups_for("ir_se", "three_units") == RELEASE_GROUPS
+    authors_se = release_groups_for("ir_se", "authors")
+    assert authors_se[:2] == RELEASE_GROUPS[:2] and authors_se[2].module_names == ("body.19", "body.20")
+
+
+@pytest.mark.parametrize(("mode", "slices"), [("ir", [(4, 10), (163, 187), (142, 163)]),
+                                               ("ir_se", [(4, 10), (205, 235), (187, 205)])])
+def test_authors_release_groups_are_their_parameter_slices(backbones, mode, slices):
+    # base/parameter_control.py of the authors releases model.parameters()[a:b]; the backbone's
+    # parameters come first in their model, so the slices index the backbone's parameter list.
+    # their Backbone registers input_layer, output_layer, then body (units in the same inner order as ours)
+    rank = {"input_layer": 0, "output_layer": 1, "body": 2}
+    names = sorted((name for name, _ in backbones[mode].named_parameters()), key=lambda n: rank[n.split(".")[0]])
+    for group, (first, stop) in zip(release_groups_for(mode, "authors"), slices):
+        expected = set(names[first:stop])
+        ours = {n for n in names if any(n.startswith(f"{module}.") for module in group.module_names)}
+        assert ours == expected, group.name
 
 
 def assert_gradients_follow_release(model, inputs, n_released: int) -> None:
@@ -439,7 +468,7 @@ def assert_gradients_follow_release(model, inputs, n_released: int) -> None:
     model.train()
     model.zero_grad(set_to_none=True)
     model(inputs).square().mean().backward()
-    released = tuple(f"backbone.{name}." for g in RELEASE_GROUPS[:n_released] for name in g.module_names)
+    released = tuple(f"backbone.{name}." for g in model.groups[:n_released] for name in g.module_names)
     for name, parameter in model.named_parameters():
         should_train = not name.startswith("backbone.") or name.startswith(released)
         assert parameter.requires_grad == should_train, name
@@ -475,8 +504,10 @@ def test_release_groups_out_of_range(models):
         audio_only.release_groups(1)
 
 
-def test_frozen_batchnorm_statistics_stay_fixed_in_train_mode(models):
-    model = models("frame_vggish_mfcc", "ir")
+def test_frozen_batchnorm_statistics_stay_fixed_in_train_mode(backbones):
+    torch.manual_seed(1)
+    model = assemble_model(make_config(VARIANTS["frame_vggish_mfcc"], "ir", frozen_batchnorm="eval"),
+                           copy.deepcopy(backbones["ir"]))
     model.release_groups(1)
     model.train()
     assert model.tcns.training and model.backbone.output_layer.training
@@ -489,6 +520,21 @@ def test_frozen_batchnorm_statistics_stay_fixed_in_train_mode(models):
     assert changed == {f"output_layer.{i}.running_{s}" for i in (0, 4) for s in ("mean", "var")}
     model.eval()
     assert not model.backbone.output_layer.training and not model.tcns.training
+
+
+def test_frozen_batchnorm_trains_under_the_authors_recipe(backbones):
+    # their trainer calls model.train() on the whole model: every BatchNorm uses batch statistics
+    torch.manual_seed(1)
+    model = assemble_model(make_config(VARIANTS["frame"], "ir", frozen_batchnorm="train"),
+                           copy.deepcopy(backbones["ir"]))
+    model.release_groups(1)
+    model.train()
+    assert all(module.training for module in model.modules())
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    with torch.no_grad():
+        model(make_inputs(("frame",)))
+    after = model.backbone.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # frozen units' statistics move too
 
 
 def test_wrapped_and_authors_state_dicts_are_unwrapped():

@@ -208,11 +208,13 @@ def test_early_stopping_after_the_given_number_of_epochs_without_improvement(mfc
     assert "early stopping" in state.stop_reason
 
 
-def test_min_num_epochs_delays_the_early_stopping_count(mfcc_dataset, tmp_path):
+@pytest.mark.parametrize(("recipe", "n_epochs"), [("corrected", 5), ("authors", 6)])
+def test_min_num_epochs_delays_the_early_stopping_count(mfcc_dataset, tmp_path, recipe, n_epochs):
     trainer = scripted_trainer(mfcc_dataset, tmp_path, scores=[0.5, 0.1], early_stopping=2, patience=10,
-                               min_num_epochs=3)
+                               min_num_epochs=3, recipe=recipe)
     state = trainer.fit()
-    assert len(state.history) == 5  # epochs 1 and 2 are not counted; 3 and 4 are
+    # corrected: epochs 1 and 2 are not counted, 3 and 4 are; authors (epoch > 3): 4 and 5 are
+    assert len(state.history) == n_epochs
 
 
 def test_lr_plateau_follows_the_validation_ccc(mfcc_dataset, tmp_path):

@@ -89,6 +89,8 @@ class WindowDataset(Dataset):
         stats_partition: partition whose statistics z-score them (``Train_Set`` or ``Validation_Set``).
         time_delay: shift labels this many frames earlier (``shift_labels``).
         with_labels: read ``label.npy`` (False for test trials: the label is zeros).
+        zscore_padding: z-score the zero padding of short windows too (it becomes -mean/std), as the
+            authors' reader does (``padded_frames=model``); else the padding stays 0.
         max_open_trials: trials kept memory-mapped at once (least recently used are closed);
             default: as many as half the open-file limit allows.
 
@@ -111,6 +113,7 @@ class WindowDataset(Dataset):
         time_delay: int = 0,
         with_labels: bool = True,
         max_open_trials: int | None = None,
+        zscore_padding: bool = False,
     ) -> None:
         if emotion not in (*EMOTIONS, "both"):
             raise UserError(f"emotion must be valence, arousal or both, got '{emotion}'")
@@ -131,6 +134,7 @@ class WindowDataset(Dataset):
         self.stats_partition = stats_partition
         self.time_delay = int(time_delay)
         self.with_labels = with_labels
+        self.zscore_padding = zscore_padding
         self.scalars = {m: zscore_scalars(mean_std, stem, fold, stats_partition) for m, stem in self.stems.items()}
         self.trial_n_frames = np.array([dataset.n_frames(t) for t in self.trials], dtype=np.int64)
         starts = [window_starts(int(n), self.window_length, self.hop_length) for n in self.trial_n_frames]
@@ -199,8 +203,9 @@ class WindowDataset(Dataset):
                 scalars = self.scalars[modality]
                 if scalars is not None:
                     mean, std = scalars
-                    window[:length] -= mean
-                    window[:length] /= std
+                    scaled = window if self.zscore_padding else window[:length]
+                    scaled -= mean
+                    scaled /= std
             item[modality] = window
         label = np.zeros((self.window_length, N_LABEL_COLUMNS), dtype=np.float32)  # (L, 2)
         label[:length] = arrays[LABEL][start:stop]

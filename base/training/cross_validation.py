@@ -33,7 +33,7 @@ from base.training.distributed import DistributedContext
 from base.training.plots import plot_learning_curves, plot_traces
 from base.training.run_folder import cv_summary_path, run_folder, write_csv, write_json
 from base.training.trainer import Partition, Trainer, output_emotions, trained_emotions
-from configs import Config, Modality, save_config, to_dict
+from configs import Config, Modality, resolve_recipe, save_config, to_dict
 from model import build_model
 
 logger = logging.getLogger(__name__)
@@ -95,10 +95,12 @@ def make_partition(
     mean_std: Mapping[str, Any] | None,
 ) -> Partition:
     """Windows of ``trials``, z-scored with ``mean_std[feature][fold][stats_partition]``."""
+    config = resolve_recipe(config)
     windows = WindowDataset(
         dataset, trials, config.model.modality, config.model.emotion,
         window_length=config.train.window_length, hop_length=config.train.hop_length,
         mean_std=mean_std, fold=fold, stats_partition=stats_partition, time_delay=config.train.time_delay,
+        zscore_padding=config.train.padded_frames == "model",
     )
     return Partition(trials=list(trials), n_frames=[dataset.n_frames(t) for t in trials], windows=windows)
 
@@ -131,7 +133,7 @@ def run_fold(
     context: DistributedContext | None = None,
 ) -> FoldResult:
     """Train (or resume) one fold, evaluate its best weights and fill its run folder (rank 0 only)."""
-    config = fold_config(config, fold)
+    config = fold_config(resolve_recipe(config), fold)
     is_main = context is None or context.is_main
     run = run_folder(config, fold)
     if is_main:

@@ -161,10 +161,12 @@ def shard_indices(
 
 
 def shard_dataset(
-    ds: Dataset, context: DistributedContext, shuffle: bool, seed: int = 0, epoch: int = 0
+    ds: Dataset, context: DistributedContext, shuffle: bool, seed: int = 0, epoch: int = 0, pad: bool | None = None
 ) -> Subset:
-    """This rank's share of ``ds`` in iteration order (training: shuffled and padded; evaluation: neither)."""
-    indices = shard_indices(len(ds), context.rank, context.world_size, shuffle, seed, epoch, pad=shuffle)
+    """This rank's share of ``ds`` in iteration order (training: padded, and shuffled unless its order is
+    fixed; evaluation: neither). ``pad`` defaults to ``shuffle``."""
+    pad = shuffle if pad is None else pad
+    indices = shard_indices(len(ds), context.rank, context.world_size, shuffle, seed, epoch, pad=pad)
     return Subset(ds, indices.tolist())
 
 

@@ -1,9 +1,12 @@
 """Agreement metrics, the CCC loss and the CCC-centering fusion of fold predictions (SPEC §5, §6).
 
-Convention: population statistics (divide by N) everywhere, in numpy and torch, in the loss and in
-the metric, as AVEC and ``audmetric.concordance_cc``:
+Convention: population statistics (divide by N) in the metric, as AVEC and ``audmetric.concordance_cc``:
 
     CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)
+
+Two places follow the authors' arithmetic under their recipe (``recipe=authors``, the default):
+``authors_ccc_loss`` (covariance / N, variances / (N - 1), every frame of a window) and
+``ccc_centering(..., style="authors")`` (fold agreements from ``sample_ccc``, negatives kept).
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def ccc(x: np.ndarray, y: np.ndarray) -> float:
     covariance = (dx * dy).sum() / x.size
     denominator = (dx * dx).sum() / x.size + (dy * dy).sum() / x.size + (x.mean() - y.mean()) ** 2
     return float(2 * covariance / denominator) if denominator > 0 else 0.0
+
+
+def sample_ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """The authors' CCC (their ``base/logger.py``): covariance / N, variances / (N - 1), 1e-100 added.
+
+    >>> round(sample_ccc([1, 2, 3], [1, 2, 3]), 4)  # 2 (2/3) / (1 + 1)
+    0.6667
+    """
+    x, y = _pair(x, y)
+    dx, dy = x - x.mean(), y - y.mean()
+    covariance = (dx * dy).sum() / x.size
+    variances = ((dx * dx).sum() + (dy * dy).sum()) / (x.size - 1)
+    return float(2 * covariance / (variances + (x.mean() - y.mean()) ** 2 + 1e-100))
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -145,27 +161,69 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     return (1 - concordance).mean()
 
 
-def ccc_centering(predictions: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
+def authors_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' training loss (their ``experiment_regular.py`` CCCLoss): mean over windows of 1 - CCC.
+
+    Per window over time: covariance divided by N, variances unbiased (N - 1), 1e-8 added to the
+    denominator; every frame counts, padding included (its labels are 0), unless ``mask`` says
+    otherwise (then N is the number of valid frames).
+
+    Args:
+        pred: (B, T) predictions.
+        target: (B, T) labels.
+        mask: optional (B, T) bool, True on the frames that count.
+    """
+    if mask is None:
+        mean_pred, mean_target = pred.mean(dim=1), target.mean(dim=1)  # (B,)
+        d_pred, d_target = pred - mean_pred[:, None], target - mean_target[:, None]  # (B, T)
+        n = torch.full_like(mean_pred, pred.shape[1])
+    else:
+        weight = mask.to(pred.dtype)  # (B, T)
+        n = weight.sum(dim=1)  # (B,)
+        mean_pred, mean_target = (pred * weight).sum(dim=1) / n, (target * weight).sum(dim=1) / n
+        d_pred = (pred - mean_pred[:, None]) * weight
+        d_target = (target - mean_target[:, None]) * weight
+    covariance = (d_pred * d_target).sum(dim=1) / n
+    var_pred = d_pred.square().sum(dim=1) / (n - 1)
+    var_target = d_target.square().sum(dim=1) / (n - 1)
+    concordance = 2 * covariance / (var_pred + var_target + (mean_pred - mean_target).square() + LOSS_EPS)
+    return (1 - concordance).mean()
+
+
+FOLD_FUSION_STYLES = ("authors", "clipped")
+
+
+def ccc_centering(
+    predictions: np.ndarray, clip: tuple[float, float] | None = None, style: str = "clipped"
+) -> np.ndarray:
     """Fuse K predictions of one sequence by CCC centering (the AVEC gold-standard method).
 
     With p_k the prediction of fold k and m_k its mean:
 
-        w_k = max(0, mean over j != k of CCC(p_k, p_j))     agreement of fold k with the others
+        w_k = mean over j != k of CCC(p_k, p_j)               agreement of fold k with the others
         M   = sum_k w_k m_k / sum_k w_k                       agreement-weighted mean
         fused = mean_k (p_k - m_k) + M  = mean_k (p_k - m_k + M)
 
     i.e. every fold's prediction is shifted by its mean, the agreement-weighted mean is added back
-    and the shifted predictions are averaged. Negative agreements count as 0. When every weight is 0,
-    M falls back to the plain mean of the m_k, so the result is the plain average of the p_k. With
-    K = 2 both weights are equal, so the result is always the plain average; K = 1 returns p_0.
+    and the shifted predictions are averaged. ``style``:
+
+    - ``clipped``: population CCC, negative agreements count as 0; when every weight is 0, M falls
+      back to the plain mean of the m_k.
+    - ``authors``: their ``ConcordanceCorrelationCoefficient`` (``base/logger.py``): ``sample_ccc``
+      agreements, negative ones kept, no fallback.
+
+    With K = 2 both weights are equal, so the result is the plain average; K = 1 returns p_0.
 
     Args:
         predictions: (K, N) predictions of K folds for one trial (one emotion).
         clip: optional (low, high) bounds applied to the result, e.g. (-1, 1).
+        style: ``clipped`` or ``authors``.
 
     Returns:
         (N,) fused prediction, float64.
     """
+    if style not in FOLD_FUSION_STYLES:
+        raise ValueError(f"fold fusion style must be one of {FOLD_FUSION_STYLES}, got {style!r}")
     predictions = np.asarray(predictions, dtype=np.float64)
     if predictions.ndim != 2:
         raise ValueError(f"expected (K, N) predictions, got shape {predictions.shape}")
@@ -174,11 +232,14 @@ def ccc_centering(predictions: np.ndarray, clip: tuple[float, float] | None = No
         fused = predictions[0].copy()
     else:
         means = predictions.mean(axis=1)  # (K,)
-        agreement = np.array([[ccc(predictions[k], predictions[j]) for j in range(n_folds)]
-                              for k in range(n_folds)])  # (K, K)
+        pair_ccc = sample_ccc if style == "authors" else ccc
+        agreement = np.array([[pair_ccc(predictions[k], predictions[j]) if j != k else np.nan
+                               for j in range(n_folds)] for k in range(n_folds)])  # (K, K)
         off_diagonal = ~np.eye(n_folds, dtype=bool)
-        weights = np.clip(agreement[off_diagonal].reshape(n_folds, n_folds - 1).mean(axis=1), 0.0, None)
-        if weights.sum() > 0:
+        weights = agreement[off_diagonal].reshape(n_folds, n_folds - 1).mean(axis=1)  # (K,)
+        if style == "authors":
+            weighted_mean = float(np.sum(means * weights / weights.sum()))
+        elif (weights := np.clip(weights, 0.0, None)).sum() > 0:
             weighted_mean = float(np.dot(weights, means) / weights.sum())
         else:
             weighted_mean = float(means.mean())

@@ -18,6 +18,13 @@ DistributedDataParallel, every rank sees its share of the windows, evaluation ou
 from all ranks before the overlap averaging and the CCC, and only rank 0 writes files. ``precision``
 bf16/fp16 runs the model under autocast (the loss stays fp32; fp16 adds a gradient scaler) and
 ``channels_last`` stores the backbone in that memory format.
+
+Recipe (``configs.RECIPE_SETTINGS``): under ``authors`` (the default) the training step is the
+authors' step: padded frames of short windows go through the model and count in the loss, the loss is
+their per-window CCC (``authors_ccc_loss``), the windows are shuffled once and read in that order every
+epoch, and early stopping counts epochs after ``min_num_epochs``. The frozen BatchNorm mode and the
+release groups live in the model (``model.freezing``). Evaluation is the same under both recipes: the
+padding skips the backbone there, which is exact (per-frame backbone in eval mode, causal TCNs).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -33,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from base.data.augment import prepare_frames
@@ -48,14 +57,15 @@ from base.training.distributed import (
     sum_across_ranks,
     wrap_model,
 )
-from base.training.metrics import ccc_loss, evaluate_partition
+from base.training.metrics import authors_ccc_loss, ccc_loss, evaluate_partition
 from base.training.run_folder import RunFolder, write_csv
-from configs import EMOTIONS, Config, Modality, ModelConfig, to_dict
+from configs import EMOTIONS, Config, Modality, ModelConfig, resolve_recipe, to_dict
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = {"valence": 0, "arousal": 1}  # columns of label.npy (SPEC §2)
 CHECKPOINT_FORMAT = 1
+LOSSES = {"authors": authors_ccc_loss, "population": ccc_loss}  # ``ccc_loss`` config key
 
 
 class Precision(enum.StrEnum):
@@ -93,19 +103,22 @@ def loss_weights(model_config: ModelConfig, multi_head_weight: float) -> tuple[f
 def weighted_ccc_loss(
     outputs: torch.Tensor,
     labels: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     emotions: tuple[str, ...],
     weights: tuple[float, ...],
+    loss: str = "population",
 ) -> torch.Tensor:
-    """Mean over output columns of weight x (1 - CCC per window over valid frames).
+    """Mean over output columns of weight x (1 - CCC per window), the mean over windows.
 
     Args:
         outputs: (B, T, C) model outputs, column c predicts ``emotions[c]``.
         labels: (B, T, 2) valence and arousal.
-        mask: (B, T) True on real (unpadded) frames.
+        mask: (B, T) True on the frames that count (None: all, padding included).
+        loss: ``population`` (``ccc_loss``) or ``authors`` (``authors_ccc_loss``).
     """
+    window_loss = LOSSES[loss]
     losses = [
-        weight * ccc_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
+        weight * window_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
         for column, (emotion, weight) in enumerate(zip(emotions, weights))
     ]
     return torch.stack(losses).mean()
@@ -122,6 +135,23 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if chosen is Precision.BF16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError(f"this GPU ({torch.cuda.get_device_name(device)}) does not support bf16; use fp16")
     return AUTOCAST_DTYPE[chosen]
+
+
+def fixed_order(n_windows: int, seed: int) -> list[int]:
+    """The authors' training order: window indices shuffled once by ``random.seed(seed); random.shuffle``.
+
+    Their ``experiment_regular.py`` seeds Python's ``random`` with 0 and shuffles the list of training
+    windows (trials in fold order, windows in time order, as ``WindowDataset`` lists them), then
+    reads it without shuffling every epoch; the same permutation comes out here.
+    """
+    order = list(range(n_windows))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def counts_for_early_stopping(epoch: int, min_num_epochs: int, inclusive: bool) -> bool:
+    """Whether an epoch without improvement counts: from ``min_num_epochs`` on, or after it (the authors')."""
+    return epoch >= min_num_epochs if inclusive else epoch > min_num_epochs
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[str, ...]) -> float:
@@ -141,8 +171,13 @@ def batch_inputs(
     crop_size: int,
     train: bool,
     generator: torch.Generator | None = None,
+    mask_padding: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Model inputs of a loader batch on ``device``: frames cropped (random when training) and scaled."""
+    """Model inputs of a loader batch on ``device``: frames cropped (random when training) and scaled.
+
+    With ``mask_padding`` the batch's (B, T) mask goes along (kept on the host: the backbone takes
+    the valid frames' indices there); without it padded frames go through the whole model.
+    """
     inputs = {}
     for name in modalities:
         values = batch[name].to(device, non_blocking=True)
@@ -152,8 +187,8 @@ def batch_inputs(
         else:
             values = values.float()  # (B, T, D)
         inputs[name] = values
-    if "mask" in batch:  # (B, T) valid frames: padded ones skip the backbone
-        inputs["mask"] = batch["mask"].to(device, non_blocking=True)
+    if mask_padding and "mask" in batch:  # (B, T) valid frames: padded ones skip the backbone
+        inputs["mask"] = batch["mask"]
     return inputs
 
 
@@ -162,20 +197,21 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     inputs: Mapping[str, torch.Tensor],
     labels: torch.Tensor,
-    mask: torch.Tensor,
+    mask: torch.Tensor | None,
     emotions: tuple[str, ...],
     weights: tuple[float, ...],
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    loss_name: str = "population",
 ) -> torch.Tensor:
     """Forward, weighted CCC loss, backward and one optimizer step; returns the (detached) loss.
 
-    ``amp_dtype`` runs the forward pass under autocast (the loss is computed in fp32); ``scaler``
-    scales the loss for fp16.
+    ``mask`` selects the frames of the loss (None: all). ``amp_dtype`` runs the forward pass under
+    autocast (the loss is computed in fp32); ``scaler`` scales the loss for fp16.
     """
     with torch.autocast(labels.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(inputs)  # (B, T, C)
-    loss = weighted_ccc_loss(outputs.float(), labels, mask, emotions, weights)
+    loss = weighted_ccc_loss(outputs.float(), labels, mask, emotions, weights, loss_name)
     if not torch.isfinite(loss):
         raise UserError(
             f"the training loss became {loss.item()}; check the features for extreme values or lower --learning-rate"
@@ -242,6 +278,7 @@ class Trainer:
         validation: Partition,
         context: DistributedContext | None = None,
     ) -> None:
+        config = resolve_recipe(config)
         self.model = model.to(device)
         if config.train.channels_last and getattr(self.model, "backbone", None) is not None:
             self.model.backbone.to(memory_format=torch.channels_last)
@@ -317,15 +354,25 @@ class Trainer:
 
     # -- batches
 
+    @property
+    def masks_padding(self) -> bool:
+        """Whether padded frames stay out of the training step (``padded_frames=masked``)."""
+        return self.config.train.padded_frames == "masked"
+
     def _inputs(self, batch: Mapping[str, Any], train: bool) -> dict[str, torch.Tensor]:
         m = self.config.model
-        return batch_inputs(batch, m.modality, self.device, m.crop_size, train, self.generator)
+        # evaluation always masks: exact there (eval-mode backbone per frame, causal TCNs), and faster
+        mask_padding = self.masks_padding or not train
+        return batch_inputs(batch, m.modality, self.device, m.crop_size, train, self.generator, mask_padding)
 
     def _loader(self, partition: Partition, shuffle: bool, epoch: int) -> torch.utils.data.DataLoader:
         t = self.config.train
         windows = partition.windows
-        if self.context.is_distributed:  # this rank's share, already in the epoch's shuffled order
-            windows, shuffle = shard_dataset(windows, self.context, shuffle, t.seed, epoch), False
+        pad = shuffle  # DDP training: every rank takes the same number of steps
+        if shuffle and t.epoch_order == "fixed":  # the authors: one shuffled list, read in order every epoch
+            windows, shuffle = Subset(windows, fixed_order(len(windows), t.seed)), False
+        if self.context.is_distributed:  # this rank's share, already in the epoch's order
+            windows, shuffle = shard_dataset(windows, self.context, shuffle, t.seed, epoch, pad=pad), False
         return make_loader(
             windows, batch_size=t.batch_size, shuffle=shuffle, seed=t.seed, epoch=epoch,
             num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
@@ -339,9 +386,10 @@ class Trainer:
         progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=self.config.train.quiet)
         for batch in progress:
             labels = batch["label"].to(self.device)  # (B, T, 2)
-            mask = batch["mask"].to(self.device)  # (B, T)
+            mask = batch["mask"].to(self.device) if self.masks_padding else None  # (B, T)
             loss = training_step(self.train_model, self.optimizer, self._inputs(batch, train=True), labels, mask,
-                                 self.emotions, self.weights, self.amp_dtype, self.scaler).item()
+                                 self.emotions, self.weights, self.amp_dtype, self.scaler,
+                                 self.config.train.ccc_loss).item()
             total_loss += loss * len(labels)
             n_windows += len(labels)
             progress.set_postfix(loss=f"{loss:.3f}")
@@ -419,7 +467,7 @@ class Trainer:
                     {"model": self.best_state, "config": to_dict(self.config), "epoch": epoch, "score": score},
                     self.run.best,
                 )
-        elif epoch >= self.config.train.min_num_epochs:
+        elif counts_for_early_stopping(epoch, self.config.train.min_num_epochs, self.config.train.min_epochs_inclusive):
             self.state.epochs_without_improvement += 1
 
     def _record_epoch(self, epoch: int, train_loss: float, evaluation: Evaluation, score: float,
