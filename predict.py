@@ -126,11 +126,23 @@ def _open_runs(args: argparse.Namespace):
     return device, models, ProcessedDataset(_dataset_for(args, models))
 
 
-def _statistics_for(models, dataset):
-    """The dataset's mean/std when any model reads z-scored features, else None."""
+def _statistics_for(models, dataset, quiet: bool = True):
+    """The dataset's mean/std when any model reads z-scored features, else None.
+
+    Runs that z-score test trials with ``Target_Set`` statistics get them computed from the dataset's
+    test trials when its mean_std_dict.pkl predates them.
+    """
+    from base.data.processed import file_stem
+    from base.preprocessing.statistics import TARGET_SET, with_target_set
     from base.training.cross_validation import needs_statistics
 
-    return dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
+    if not any(needs_statistics(fm.modalities) for fm in models):
+        return None
+    mean_std = dataset.mean_std()
+    if any(fm.config.train.test_statistics == TARGET_SET for fm in models):
+        features = sorted({file_stem(m) for fm in models for m in fm.modalities if m != "frame"})
+        mean_std = with_target_set(mean_std, dataset, features, quiet)
+    return mean_std
 
 
 def run_test(args: argparse.Namespace) -> int:
@@ -148,7 +160,7 @@ def run_test(args: argparse.Namespace) -> int:
         check_same_lengths(lengths, expected, f"database {args.database}")
         trials = sorted(expected)
     check_inputs(models, dataset, trials, args.quiet)
-    mean_std = _statistics_for(models, dataset)
+    mean_std = _statistics_for(models, dataset, args.quiet)
     prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size, quiet=args.quiet)
     written = write_submission(args.output, {trial: prediction.values(trial) for trial in trials})
     runs = ", ".join(f"{emotion}: {len(members)} run(s)" for emotion, members in prediction.groups.items())
@@ -181,6 +193,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_validation(args: argparse.Namespace) -> int:
     from base.prediction.prediction import (
+        STATS_PARTITION,
         check_inputs,
         fold_training_trials,
         format_validation,
@@ -198,7 +211,7 @@ def run_validation(args: argparse.Namespace) -> int:
     labels = trial_labels(dataset, trials)
     mean_std = _statistics_for(models, dataset)
     prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size,
-                                  allow_missing_emotion=True, quiet=args.quiet)
+                                  stats_partition=STATS_PARTITION, allow_missing_emotion=True, quiet=args.quiet)
     result = score_ensemble(prediction, labels, fold_training_trials(dataset), args.partition)
     print(format_validation(result))
     if args.output:

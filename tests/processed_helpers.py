@@ -67,6 +67,9 @@ def _stem(modality: str) -> str:
 def reference_mean_std(root: Path, partitions: dict[str, list[str]], stems: Sequence[str]) -> dict:
     """Mean/std per feature, fold and partition the plain way (concatenate all values; ddof=1)."""
     folds = trial_fold_partition(partitions["Train_Set"], partitions["Validation_Set"])
+    if partitions.get("Target_Set"):  # the test trials' statistics, the same for every fold
+        for split in folds.values():
+            split["Target_Set"] = partitions["Target_Set"]
     result: dict = {}
     for stem in stems:
         result[stem] = {}

@@ -3,7 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from base.training.metrics import ccc, ccc_centering, ccc_loss, evaluate_partition, pearson, rmse
+from base.training.metrics import (
+    authors_ccc_loss,
+    ccc,
+    ccc_centering,
+    ccc_loss,
+    evaluate_partition,
+    pearson,
+    rmse,
+    sample_ccc,
+)
 
 
 def test_ccc_by_hand():
@@ -157,3 +166,69 @@ def test_ccc_centering_clip_and_shape_check():
     np.testing.assert_allclose(ccc_centering(p, clip=(-1, 1)), [0.0, 1.0])
     with pytest.raises(ValueError, match=r"expected \(K, N\)"):
         ccc_centering(np.zeros(3))
+
+
+# ----------------------------------------------------------------------------- the authors' arithmetic
+
+
+def test_sample_ccc_by_hand():
+    # cov = (1/2 + 1/2) / 3 = 1/3 (divided by N); variances (N - 1): 2/2 = 1 and 0.5/2 = 0.25; means 1, 0.5
+    assert sample_ccc([0, 2, 1], [0, 1, 0.5]) == pytest.approx((2 / 3) / (1 + 0.25 + 0.25))
+
+
+def test_authors_loss_by_hand_with_a_padded_window():
+    # window A: pred [0, 2, 1], labels [0, 1, 0.5]: CCC = (2/3) / (1 + 1/4 + 1/4) = 4/9
+    # window B (last frame padding: label 0, the model's output 2 counts): pred [1, 3, 2], labels [0, 2, 0]:
+    #   cov = (2/3 + 4/3 + 0) / 3 = 2/3; var_pred = 1; var_label = (4/9 + 16/9 + 4/9) / 2 = 4/3;
+    #   (2 - 2/3)^2 = 16/9, so CCC = (4/3) / (37/9) = 12/37
+    pred = torch.tensor([[0.0, 2.0, 1.0], [1.0, 3.0, 2.0]], dtype=torch.float64)
+    labels = torch.tensor([[0.0, 1.0, 0.5], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    expected = ((1 - 4 / 9) + (1 - 12 / 37)) / 2
+    assert authors_ccc_loss(pred, labels).item() == pytest.approx(expected, rel=1e-7)
+    # masked: window B's first two frames only: cov 1, variances 2 and 2, (2 - 1)^2 = 1 -> CCC 2/5
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert authors_ccc_loss(pred, labels, mask).item() == pytest.approx(((1 - 4 / 9) + (1 - 2 / 5)) / 2, rel=1e-7)
+    # the population loss on window A: variances 2/3 and 1/6 -> CCC (2/3) / (13/12) = 8/13
+    assert ccc_loss(pred[:1], labels[:1]).item() == pytest.approx(1 - 8 / 13, rel=1e-7)
+
+
+def test_authors_loss_is_a_transcription_of_their_ccc_loss():
+    # their experiment_regular.CCCLoss, written out: elementwise covariance, means over time, then one mean
+    generator = torch.Generator().manual_seed(0)
+    gold, pred = torch.randn(4, 9, 2, generator=generator), torch.randn(4, 9, 2, generator=generator)
+    weights = torch.ones_like(gold)
+    weights[:, :, 0] *= 10
+    gold_mean, pred_mean = gold.mean(1, keepdim=True), pred.mean(1, keepdim=True)
+    covariance = (gold - gold_mean) * (pred - pred_mean)
+    denominator = gold.var(1, keepdim=True, unbiased=True) + pred.var(1, keepdim=True, unbiased=True) \
+        + (gold_mean - pred_mean) ** 2 + 1e-8
+    theirs = torch.mean((1 - 2 * covariance / denominator) * weights)
+    ours = torch.stack([w * authors_ccc_loss(pred[..., c], gold[..., c]) for c, w in enumerate((10.0, 1.0))]).mean()
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+
+
+def _their_ccc_centering(data: np.ndarray) -> np.ndarray:
+    # base/logger.py ConcordanceCorrelationCoefficient of the authors, written out
+    k = len(data)
+    pairs = [(a, b) for a in range(k - 1) for b in range(a + 1, k)]
+    pair_ccc = {}
+    for a, b in pairs:
+        x, y = data[a], data[b]
+        cov = np.nanmean((x - x.mean()) * (y - y.mean()))
+        pair_ccc[a, b] = 2 * cov / (np.nansum((x - x.mean()) ** 2) / (len(x) - 1)
+                                    + np.nansum((y - y.mean()) ** 2) / (len(y) - 1) + (x.mean() - y.mean()) ** 2 + 1e-100)
+    agreement = np.array([np.mean([v for p, v in pair_ccc.items() if r in p]) for r in range(k)])
+    means = data.mean(axis=1)
+    weight = np.sum(means * agreement / np.sum(agreement))
+    return np.mean(data - means[:, None] + weight, axis=0)
+
+
+def test_authors_fold_fusion_keeps_negative_agreements():
+    rng = np.random.default_rng(3)
+    base = np.sin(np.linspace(0, 6, 40))
+    folds = np.stack([base + 0.2, base * 0.8 - 0.1, -base + 0.3, base + rng.normal(0, 0.3, 40)])  # fold 2 disagrees
+    authors = ccc_centering(folds, style="authors")
+    np.testing.assert_allclose(authors, _their_ccc_centering(folds), rtol=1e-12)
+    assert not np.allclose(authors, ccc_centering(folds, style="clipped"))  # clipping fold 2's weight changes M
+    with pytest.raises(ValueError, match="fold fusion style"):
+        ccc_centering(folds, style="mine")

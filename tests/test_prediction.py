@@ -174,21 +174,25 @@ def test_fuse_folds_on_hand_values():
 # ----------------------------------------------------------------------------- windows
 
 
-def test_windows_are_overlap_averaged_and_z_scored_with_the_validation_statistics(dataset):
-    # 12 frames, windows of 8 every 4: starts 0 and 4
-    config = tiny_config(dataset, modality=["mfcc"], emotion="both", window_length=8, hop_length=4, fold=[3])
+@pytest.mark.parametrize(("recipe", "mean", "std"), [("corrected", 4.0, 2.0), ("authors", 3.0, 0.5)])
+def test_windows_are_overlap_averaged_and_z_scored_with_the_recipes_statistics(dataset, recipe, mean, std):
+    # 12 frames, windows of 8 every 4: starts 0 and 4. Test trials: the fold's Validation_Set statistics
+    # (corrected) or the test trials' own Target_Set statistics (the authors' reader, mode='test')
+    config = tiny_config(dataset, modality=["mfcc"], emotion="both", window_length=8, hop_length=4, fold=[3],
+                         recipe=recipe)
     mfcc = np.random.default_rng(0).normal(5, 2, (12, 39)).astype(np.float32)
-    mean_std = {"mfcc": {3: {"Validation_Set": {"mean": 4.0, "std": 2.0}, "Train_Set": {"mean": 0.0, "std": 1.0}}}}
+    mean_std = {"mfcc": {3: {"Validation_Set": {"mean": 4.0, "std": 2.0}, "Train_Set": {"mean": 0.0, "std": 1.0},
+                             "Target_Set": {"mean": 3.0, "std": 0.5}}}}
     outputs = predict_trials(probe(config, ProbeModel()), ArrayTrials({"clip": {"mfcc": mfcc}}), ["clip"],
                              mean_std, CPU)["clip"]
     assert outputs[:, 0].tolist() == [0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7]
-    assert np.allclose(outputs[:, 1], (mfcc[:, 0] - 4.0) / 2.0, atol=1e-6)
+    assert np.allclose(outputs[:, 1], (mfcc[:, 0] - mean) / std, atol=1e-6)
 
 
 def test_a_trial_shorter_than_a_window_and_a_time_delay(dataset):
     config = tiny_config(dataset, modality=["mfcc"], emotion="both", window_length=8, hop_length=4, time_delay=2)
     trials = ArrayTrials({"clip": {"mfcc": np.zeros((5, 39), np.float32)}})
-    mean_std = {"mfcc": {0: {"Validation_Set": {"mean": 0.0, "std": 1.0}}}}
+    mean_std = {"mfcc": {0: {"Target_Set": {"mean": 0.0, "std": 1.0}}}}
     outputs = predict_trials(probe(config, ProbeModel()), trials, ["clip"], mean_std, CPU)["clip"]
     assert outputs[:, 0].tolist() == [0, 0, 0, 1, 2]  # row t is the output of frame t - 2
 
@@ -207,7 +211,7 @@ def test_two_folds_with_known_outputs_fuse_to_their_clipped_average(dataset):
     config = tiny_config(dataset, modality=["mfcc"], emotion="valence", window_length=8, hop_length=8)
     models = [probe(config, ConstantSlopeModel(0.2, 0.0), "a"), probe(config, ConstantSlopeModel(0.4, 0.1), "b")]
     trials = ArrayTrials({"clip": {"mfcc": np.zeros((8, 39), np.float32)}})
-    mean_std = {"mfcc": {0: {"Validation_Set": {"mean": 0.0, "std": 1.0}}}}
+    mean_std = {"mfcc": {0: {"Target_Set": {"mean": 0.0, "std": 1.0}}}}
     result = predict_ensemble(models, trials, ["clip"], mean_std, CPU, allow_missing_emotion=True)
     expected = np.minimum(0.3 * np.arange(8) + 0.05, 1.0)  # average of 0.2 t and 0.4 t + 0.1, clipped
     assert np.allclose(result.fused["valence"]["clip"], expected)
@@ -226,7 +230,8 @@ def test_fold_fusion_through_the_prediction_path(dataset, six_valence_runs, arou
             predict_trials(m, processed, [trial], processed.mean_std(), CPU)[trial][:, 0] for m in models[:n_folds]
         ])  # (K, n)
         assert per_fold.shape == (n_folds, processed.n_frames(trial))
-        expected = ccc_centering(per_fold, clip=(-1.0, 1.0))
+        assert models[0].config.train.fold_fusion == "authors"  # the default recipe
+        expected = ccc_centering(per_fold, clip=(-1.0, 1.0), style="authors")
         assert np.allclose(result.fused["valence"][trial], expected)
         values = result.values(trial)
         assert values.shape == (processed.n_frames(trial), 2) and np.all(np.abs(values) <= 1)

@@ -4,7 +4,7 @@ import pytest
 import calculate_mean_and_std
 from base.data.folds import fold_split
 from base.data.processed import ProcessedDataset
-from base.preprocessing.statistics import compute_mean_std, merge_moments, moments
+from base.preprocessing.statistics import compute_mean_std, merge_moments, moments, with_target_set
 from base.safe_pickle import load_pickle
 from tests.processed_helpers import make_processed_dataset
 
@@ -27,10 +27,13 @@ def test_matches_numpy_for_every_fold_and_partition(root):
     stats = compute_mean_std(dataset, quiet=True)
     assert set(stats) == {"mfcc", "egemaps", "vggish", "landmark", "au"}
     train, validation = dataset.partition_trials("Train_Set"), dataset.partition_trials("Validation_Set")
+    test = dataset.partition_trials("Target_Set")
     for fold in range(6):
         fold_train, fold_validation = fold_split(train, validation, fold)
         for feature in stats:
-            for partition, trials in (("Train_Set", fold_train), ("Validation_Set", fold_validation)):
+            assert set(stats[feature][fold]) == {"Train_Set", "Validation_Set", "Target_Set"}
+            for partition, trials in (("Train_Set", fold_train), ("Validation_Set", fold_validation),
+                                      ("Target_Set", test)):
                 mean, std = _numpy_reference(dataset, feature, trials)
                 entry = stats[feature][fold][partition]
                 assert entry["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-12)
@@ -49,7 +52,7 @@ def test_each_file_read_once(root, monkeypatch):
 
     monkeypatch.setattr(ProcessedDataset, "load", counting_load)
     compute_mean_std(dataset, features=("mfcc", "vggish"), quiet=True)
-    assert len(calls) == len(set(calls)) == 2 * 10
+    assert len(calls) == len(set(calls)) == 2 * 11  # 7 training, 3 validation and 1 test trial
 
 
 def test_moments_in_blocks_equal_whole_array():
@@ -74,8 +77,18 @@ def test_script_writes_mean_std_dict(root, tmp_path):
     written = load_pickle(root / "mean_std_dict.pkl")
     assert set(written) == {"mfcc"}
     assert set(written["mfcc"]) == set(range(6))
-    assert set(written["mfcc"][0]) == {"Train_Set", "Validation_Set"}
+    assert set(written["mfcc"][0]) == {"Train_Set", "Validation_Set", "Target_Set"}
+    assert all(written["mfcc"][fold]["Target_Set"] == written["mfcc"][0]["Target_Set"] for fold in range(6))
     assert ProcessedDataset(root).mean_std() == written
+
+
+def test_target_set_filled_in_for_files_without_it(root):
+    dataset = ProcessedDataset(root)
+    full = compute_mean_std(dataset, features=("mfcc",), quiet=True)
+    old = {"mfcc": {fold: {k: v for k, v in entries.items() if k != "Target_Set"} for fold, entries in full["mfcc"].items()}}
+    filled = with_target_set(old, dataset, ("mfcc",))
+    assert filled == full and "Target_Set" not in old["mfcc"][0]
+    assert with_target_set(full, dataset, ("mfcc",)) is full
 
 
 def test_script_reports_missing_dataset(tmp_path, capsys):

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from base.data.folds import check_fold
-from base.data.processed import FRAME_STEM, LABEL, ProcessedDataset, file_stem
+from base.data.processed import FRAME_STEM, LABEL, TEST_SETS, ProcessedDataset, file_stem
 from base.data.windowing import window_starts
 from base.errors import UserError
 from configs import EMOTIONS
@@ -54,7 +54,10 @@ def zscore_scalars(
             )
         return None
     try:
-        entry = mean_std[stem][fold][stats_partition]
+        by_partition = mean_std[stem][fold]
+        if stats_partition not in by_partition and stats_partition in TEST_SETS:  # Target_Set or Test_Set
+            stats_partition = next((name for name in TEST_SETS if name in by_partition), stats_partition)
+        entry = by_partition[stats_partition]
         mean, std = float(entry["mean"]), float(entry["std"])
     except (KeyError, TypeError):
         raise UserError(

@@ -1,6 +1,6 @@
 """6-fold cross-validation over the training and validation trials (SPEC §5).
 
-The sorted training trials make chunks 0-4 (``n // 5`` trials each, the remainder in the last
+The training trials, in the order ``dataset_info.pkl`` lists them, make chunks 0-4 (``n // 5`` trials each, the remainder in the last
 chunk: 351 -> 70, 70, 70, 70, 71); the validation trials are chunk 5. Fold ``f`` rolls the chunk
 list by ``f`` and validates on its last chunk, so fold 0 is the original partition and folds 1-5
 validate on training chunks 4, 3, 2, 1, 0.
@@ -48,7 +48,7 @@ def fold_split(train_trials: list[str], validation_trials: list[str], fold: int)
     """Training and validation trials of ``fold``.
 
     Args:
-        train_trials: the original training trials, sorted (chunks 0-4 follow this order).
+        train_trials: the original training trials in their listed order (chunks 0-4 follow it).
         validation_trials: the original validation trials (chunk 5).
         fold: 0-5.
 

@@ -93,12 +93,17 @@ class ProcessedDataset:
         return (TRAIN_SET, VALIDATION_SET, self.test_partition)
 
     def partition_trials(self, name: str) -> list[str]:
-        """Sorted trial names of a partition (``Target_Set`` and ``Test_Set`` both mean the test set)."""
+        """Trial names of a partition in the order ``dataset_info.pkl`` lists them.
+
+        That order cuts the cross-validation folds, as in the authors' code (their published
+        dataset is not in sorted order; this project's preprocessing writes sorted names).
+        ``Target_Set`` and ``Test_Set`` both mean the test set.
+        """
         if name in TEST_SETS:
             name = self.test_partition
         elif name not in (TRAIN_SET, VALIDATION_SET):
             raise UserError(f"unknown partition '{name}' (choose from Train_Set, Validation_Set, Target_Set)")
-        return sorted(self._partitions.get(name, {}))
+        return [str(trial) for trial in self._partitions.get(name, {})]
 
     def is_labeled(self, trial: str) -> bool:
         """Whether ``trial`` belongs to the training or validation partition (and so has label.npy)."""

@@ -11,11 +11,13 @@ with its valence column, an ``arousal`` run serves arousal, a ``both`` run serve
 multi-headed run's second column is an auxiliary output weighted 1/10 in its loss and never selected
 on, so it is not used.
 
-Feature z-scoring for unlabeled (test) trials: a test trial belongs to neither side of a fold, so
-the evaluation-side rule applies: its features are scaled with the scalar statistics of the run's
-fold and the ``Validation_Set`` partition (``STATS_PARTITION``), the same statistics that scaled the
-validation windows which selected the run's best epoch. The validation-set command uses the same
-rule, so its figure is measured by the exact code that writes the submission.
+Feature z-scoring for unlabeled (test) trials follows each run's ``test_statistics`` (recipe):
+``Target_Set`` (the authors: the test trials' own statistics, the same for every fold) or
+``Validation_Set`` (corrected: the run's fold's validation statistics, the ones that scaled the
+windows which selected its best epoch). The validation-set command scores labeled trials with the
+fold's ``Validation_Set`` statistics (``STATS_PARTITION``), as validation during training does.
+
+The folds are merged with each run's ``fold_fusion`` style (``base.training.metrics.ccc_centering``).
 
 A run trained with ``time_delay = d`` predicts at frame t the label of frame t + d; its output is
 shifted back by d frames (the first value repeated) so that row t of a submission is frame t.
@@ -42,7 +44,7 @@ from base.training.checkpointing import load_torch_file
 from base.training.cross_validation import fold_trials, needs_statistics
 from base.training.metrics import ccc_centering, evaluate_partition
 from base.training.trainer import LABEL_COLUMN, batch_inputs, output_emotions, trained_emotions
-from configs import EMOTIONS, Config, Modality, from_dict
+from configs import EMOTIONS, Config, Modality, from_dict, resolve_recipe
 from model import IR50, assemble_model, plan_modalities
 
 logger = logging.getLogger(__name__)
@@ -212,8 +214,9 @@ def align_to_frames(outputs: np.ndarray, time_delay: int) -> np.ndarray:
     return outputs[index]
 
 
-def fuse_folds(predictions: Sequence[np.ndarray]) -> np.ndarray:
-    """Merge K fold predictions (each (n,)) of one trial and emotion: CCC centering, clipped to [-1, 1].
+def fuse_folds(predictions: Sequence[np.ndarray], style: str = "clipped") -> np.ndarray:
+    """Merge K fold predictions (each (n,)) of one trial and emotion: CCC centering (``style``: clipped
+    or authors, see ``ccc_centering``), then clipped to [-1, 1].
 
     >>> np.round(fuse_folds([np.array([0.25, 0.75]), np.array([0.5, 1.75])]), 6).tolist()
     [0.375, 1.0]
@@ -223,7 +226,17 @@ def fuse_folds(predictions: Sequence[np.ndarray]) -> np.ndarray:
     lengths = {len(p) for p in predictions}
     if len(lengths) != 1:
         raise ValueError(f"fold predictions differ in length: {sorted(lengths)}")
-    return ccc_centering(np.stack([np.asarray(p, dtype=np.float64) for p in predictions]), clip=VALUE_RANGE)
+    return ccc_centering(np.stack([np.asarray(p, dtype=np.float64) for p in predictions]), clip=VALUE_RANGE,
+                         style=style)
+
+
+def fold_fusion_style(models: Sequence[FoldModel]) -> str:
+    """The ``fold_fusion`` style of a set of runs (the first run's, with a warning when they disagree)."""
+    styles = [resolve_recipe(fm.config).train.fold_fusion for fm in models]
+    if len(set(styles)) > 1:
+        logger.warning("the runs were trained with different fold_fusion settings (%s); using %s (run %s)",
+                       ", ".join(sorted(set(styles))), styles[0], models[0].name)
+    return styles[0]
 
 
 # ----------------------------------------------------------------------------- in-memory trials
@@ -272,7 +285,7 @@ def predict_trials(
     mean_std: MeanStd | None,
     device: torch.device,
     batch_size: int | None = None,
-    stats_partition: str = STATS_PARTITION,
+    stats_partition: str | None = None,
     quiet: bool = True,
 ) -> dict[str, np.ndarray]:
     """Overlap-averaged outputs of one fold model on every trial (evaluation mode, centre crops).
@@ -284,14 +297,15 @@ def predict_trials(
         mean_std: ``mean_std_dict.pkl`` content; needed when the run reads any feature but frames.
         device: where the model runs.
         batch_size: windows per forward pass (default: the run's training batch size).
-        stats_partition: partition whose statistics of the run's fold z-score the features.
+        stats_partition: partition whose statistics of the run's fold z-score the features (default:
+            the run's ``test_statistics``, for unlabeled trials).
         quiet: hide the progress bar.
 
     Returns:
         trial -> (n_frames, C) float64 outputs, column c predicting ``fold_model.output_emotions[c]``,
         aligned to the frames (``align_to_frames``).
     """
-    config = fold_model.config
+    config = resolve_recipe(fold_model.config)
     if needs_statistics(fold_model.modalities) and mean_std is None:
         raise UserError(f"run {fold_model.name} reads {' '.join(fold_model.modalities)}: its features need the "
                         "mean_std_dict.pkl of the dataset it was trained on")
@@ -299,7 +313,7 @@ def predict_trials(
         dataset, trials, fold_model.modalities, config.model.emotion,  # ArrayTrials reads like a dataset
         window_length=config.train.window_length, hop_length=config.train.hop_length,
         mean_std=mean_std if needs_statistics(fold_model.modalities) else None, fold=fold_model.fold,
-        stats_partition=stats_partition, with_labels=False,
+        stats_partition=stats_partition or config.train.test_statistics, with_labels=False,
     )
     loader = make_loader(windows, batch_size=batch_size or config.train.batch_size, shuffle=False)
     model = fold_model.model.to(device).eval()
@@ -362,7 +376,7 @@ def predict_ensemble(
     mean_std: MeanStd | None | Callable[[FoldModel], MeanStd | None],
     device: torch.device,
     batch_size: int | None = None,
-    stats_partition: str = STATS_PARTITION,
+    stats_partition: str | None = None,
     allow_missing_emotion: bool = False,
     quiet: bool = True,
 ) -> EnsemblePrediction:
@@ -383,9 +397,10 @@ def predict_ensemble(
         per_model[i] = predict_trials(models[i], dataset, trials, statistics, device, batch_size,
                                       stats_partition, quiet)
     result = EnsemblePrediction(trials=trials, models=models, groups=groups, per_model=per_model)
+    style = fold_fusion_style([models[i] for i in used])
     for emotion, members in groups.items():
         outputs = [result.model_values(i, emotion) for i in members]
-        result.fused[emotion] = {trial: fuse_folds([o[trial] for o in outputs]) for trial in trials}
+        result.fused[emotion] = {trial: fuse_folds([o[trial] for o in outputs], style) for trial in trials}
     return result
 
 

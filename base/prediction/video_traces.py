@@ -9,8 +9,8 @@ The video goes through the same steps as a database trial, with every frame kept
    eGeMAPS) and ``vggish_stage`` (one VGGish embedding per frame), run in spawned processes exactly as
    preprocessing runs them, then sampled at every frame with ``base.preprocessing.sampling``;
 4. OpenFace landmarks/action units (``flm``/``fau``), when a run reads them, from its CSV;
-5. every run predicts the video (``base.prediction.prediction.predict_ensemble``: the features z-scored with the
-   statistics of the run's fold and ``Validation_Set``, as for test trials); the runs of an emotion
+5. every run predicts the video (``base.prediction.prediction.predict_ensemble``: the features z-scored as
+   test trials are, with the statistics the run's ``test_statistics`` names); the runs of an emotion
    are merged by CCC centering and clipped to [-1, 1].
 
 Outputs in the output folder: ``<video>_traces.csv`` (``frame, time_s, valence, arousal,
@@ -35,13 +35,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from base.data.processed import ProcessedDataset
+from base.data.processed import ProcessedDataset, file_stem
 from base.errors import UserError
 from base.prediction import face_detection
 from base.prediction.face_detection import Detector, FaceTrack
 from base.prediction.prediction import ArrayTrials, FoldModel, group_by_emotion, predict_ensemble
 from base.preprocessing import media, openface
 from base.preprocessing.sampling import opensmile_rows, sample_rows, vggish_rows
+from base.preprocessing.statistics import TARGET_SET, with_target_set
 from base.training.cross_validation import needs_statistics
 from base.training.devices import resolve_device
 from configs import EMOTIONS, FeatureConfig, Modality
@@ -148,7 +149,7 @@ class StatisticsSource:
 
     def __init__(self, options: VideoOptions) -> None:
         self.options = options
-        self._cache: dict[Path, Mapping[str, Any]] = {}
+        self._cache: dict[tuple[Path, tuple[str, ...]], Mapping[str, Any]] = {}
 
     def __call__(self, fold_model: FoldModel) -> Mapping[str, Any] | None:
         if not needs_statistics(fold_model.modalities):
@@ -158,9 +159,14 @@ class StatisticsSource:
             named = f"its config names '{path}', which has no mean_std_dict.pkl" if path else "its config names none"
             raise UserError(f"run {fold_model.name} reads {' '.join(fold_model.modalities)}: their z-scoring needs "
                             f"the mean_std_dict.pkl of the dataset it was trained on; pass --dataset-path ({named})")
-        if path not in self._cache:
-            self._cache[path] = ProcessedDataset(path).mean_std()
-        return self._cache[path]
+        features = tuple(sorted(file_stem(m) for m in fold_model.modalities if m != Modality.FRAME.value))
+        if (path, features) not in self._cache:
+            dataset = ProcessedDataset(path)
+            mean_std = dataset.mean_std()
+            if fold_model.config.train.test_statistics == TARGET_SET:  # a file that predates Target_Set
+                mean_std = with_target_set(mean_std, dataset, features)
+            self._cache[path, features] = mean_std
+        return self._cache[path, features]
 
 
 def resolve_vggish_checkpoint(given: str, models: Sequence[FoldModel], options: VideoOptions) -> str:

@@ -17,6 +17,8 @@ from tqdm import tqdm
 from base.data.folds import N_FOLDS, trial_fold_partition
 from base.data.processed import TRAIN_SET, VALIDATION_SET, ProcessedDataset
 
+TARGET_SET = "Target_Set"  # the test trials' statistics, the same for every fold (the authors' name)
+
 logger = logging.getLogger(__name__)
 
 AUDIO_FEATURES = ("mfcc", "egemaps", "vggish")
@@ -75,15 +77,22 @@ def compute_mean_std(
         quiet: hide the progress bar.
 
     Returns:
-        ``{feature: {fold 0..5: {'Train_Set' | 'Validation_Set': {'mean': float, 'std': float}}}}``,
-        the layout of the authors' ``mean_std_dict.pkl``.
+        ``{feature: {fold 0..5: {'Train_Set' | 'Validation_Set' | 'Target_Set': {'mean': float, 'std': float}}}}``,
+        the layout of the authors' ``mean_std_dict.pkl``: ``Target_Set`` holds the test trials'
+        statistics, the same for every fold (left out, with a warning, when there is no test trial).
     """
     features = tuple(features) if features is not None else default_features(dataset)
     train = dataset.partition_trials(TRAIN_SET)
     validation = dataset.partition_trials(VALIDATION_SET)
-    trials = train + validation
+    test = dataset.partition_trials(TARGET_SET)
+    trials = train + validation + test
     index = {trial: i for i, trial in enumerate(trials)}
     folds = trial_fold_partition(train, validation)
+    if test:
+        for fold in folds.values():
+            fold[TARGET_SET] = test
+    else:
+        logger.warning("%s lists no test trials: mean_std_dict.pkl gets no Target_Set entries", dataset.root)
     counts = np.zeros((len(features), len(trials)))
     means = np.zeros_like(counts)
     m2s = np.zeros_like(counts)
@@ -97,11 +106,43 @@ def compute_mean_std(
         result[feature] = {}
         for fold in range(N_FOLDS):
             result[feature][fold] = {}
-            for partition in (TRAIN_SET, VALIDATION_SET):
+            for partition in folds[fold]:
                 rows = [index[trial] for trial in folds[fold][partition]]
                 n, mean, m2 = merge_moments(counts[f, rows], means[f, rows], m2s[f, rows])
                 std = float(np.sqrt(m2 / (n - 1))) if n > 1 else 0.0
                 result[feature][fold][partition] = {"mean": mean, "std": std}
         logger.info("%s fold 0 Train_Set: mean %.4g, std %.4g", feature,
                     result[feature][0][TRAIN_SET]["mean"], result[feature][0][TRAIN_SET]["std"])
+    return result
+
+
+def with_target_set(
+    mean_std: dict, dataset: ProcessedDataset, features: Sequence[str], quiet: bool = True
+) -> dict:
+    """``mean_std`` with ``Target_Set`` statistics of ``features`` computed from the dataset's test trials
+    where the file has none (files written before it had them); the file itself is left as it is."""
+    missing = [f for f in features if f in mean_std and not any(
+        name in mean_std[f].get(0, {}) for name in (TARGET_SET, "Test_Set"))]
+    if not missing:
+        return mean_std
+    logger.info("mean_std_dict.pkl has no Target_Set statistics for %s: computing them from the test trials",
+                ", ".join(missing))
+    test_only = compute_test_statistics(dataset, missing, quiet)
+    filled = {feature: {fold: dict(entries) for fold, entries in folds.items()} for feature, folds in mean_std.items()}
+    for feature, entry in test_only.items():
+        for fold in filled[feature]:
+            filled[feature][fold][TARGET_SET] = entry
+    return filled
+
+
+def compute_test_statistics(
+    dataset: ProcessedDataset, features: Sequence[str], quiet: bool = True
+) -> dict[str, dict[str, float]]:
+    """``{feature: {'mean', 'std'}}`` over every value of the test trials (sample std)."""
+    test = dataset.partition_trials(TARGET_SET)
+    result = {}
+    for feature in tqdm(features, desc="Target_Set mean/std", disable=quiet):
+        parts = np.array([moments(dataset.load(trial, feature, mmap=True)) for trial in test]).reshape(-1, 3)
+        n, mean, m2 = merge_moments(parts[:, 0], parts[:, 1], parts[:, 2])
+        result[feature] = {"mean": mean, "std": float(np.sqrt(m2 / (n - 1))) if n > 1 else 0.0}
     return result
