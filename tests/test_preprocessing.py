@@ -70,6 +70,25 @@ def test_authors_format(processed_demo: Path, demo_database: Path) -> None:
     assert not (processed_demo / ".cache").exists() or not any((processed_demo / ".cache").iterdir())
 
 
+def test_frames_are_pillows_resize_of_each_jpg_bit_for_bit(processed_demo: Path, demo_database: Path) -> None:
+    # the authors' preprocessing: Image.open(jpg).resize((48, 48)) (default filter), black where missing
+    from PIL import Image
+
+    trial = load_pickle(processed_demo / "dataset_info.pkl")["partition"]["Target_Set"]
+    trial = sorted(trial)[0]  # a test trial: every frame of the video is kept, row k is jpg k + 1
+    frames = np.load(processed_demo / "npy_data" / trial / "frame.npy")
+    folder = demo_database / "cropped_aligned" / trial
+    n_checked = 0
+    for row, frame in enumerate(frames):
+        jpg = folder / f"{row + 1:05d}.jpg"
+        if not jpg.is_file():
+            assert frame.max() == 0
+            continue
+        np.testing.assert_array_equal(frame, np.array(Image.open(jpg).resize((48, 48))))
+        n_checked += 1
+    assert n_checked > 0
+
+
 def test_labels_survive_into_the_features(processed_demo: Path) -> None:
     """Features sampled at the labeled frames still follow the labels (frame/label alignment check)."""
     from base.preprocessing.opensmile_features import EGEMAPS_COLUMNS

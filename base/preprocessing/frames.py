@@ -1,16 +1,32 @@
-"""Face crops: ``cropped_aligned/<trial>/NNNNN.jpg`` to (n, size, size, 3) uint8 RGB arrays."""
+"""Face crops: ``cropped_aligned/<trial>/NNNNN.jpg`` to (n, size, size, 3) uint8 RGB arrays.
+
+Decoded and resized with Pillow exactly as the authors' ``preprocessing.py`` does
+(``Image.open(jpg).resize((48, 48))``: Pillow's default filter, bicubic), so ``frame.npy`` holds
+their pixel values.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 
 def jpg_name(frame_index: int) -> str:
     """0-based frame index -> Aff-Wild2's 1-based, 5-digit jpg name."""
     return f"{frame_index + 1:05d}.jpg"
+
+
+def read_face(path: Path, size: int) -> np.ndarray | None:
+    """One crop as (size, size, 3) uint8 RGB, resized like the authors' code; None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            if image.mode != "RGB":  # a greyscale jpg (the authors' np.stack would fail on it)
+                image = image.convert("RGB")
+            return np.asarray(image.resize((size, size)), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
 
 
 def load_face_frames(face_dir: str | Path, frame_indices: np.ndarray, size: int = 48) -> tuple[np.ndarray, int]:
@@ -23,11 +39,9 @@ def load_face_frames(face_dir: str | Path, frame_indices: np.ndarray, size: int 
     missing = 0
     for row, index in enumerate(frame_indices):
         path = face_dir / jpg_name(int(index))
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+        image = read_face(path, size) if path.is_file() else None
         if image is None:  # the face detector failed there (or the jpg is unreadable)
             missing += 1
             continue
-        if image.shape[:2] != (size, size):
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        frames[row] = image[:, :, ::-1]  # OpenCV reads BGR
+        frames[row] = image
     return frames, missing

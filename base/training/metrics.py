@@ -161,33 +161,46 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
     return (1 - concordance).mean()
 
 
-def authors_ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The authors' training loss (their ``experiment_regular.py`` CCCLoss): mean over windows of 1 - CCC.
+def authors_ccc_loss(
+    outputs: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The authors' training loss (their ``experiment_regular.py`` CCCLoss), operation for operation.
 
-    Per window over time: covariance divided by N, variances unbiased (N - 1), 1e-8 added to the
-    denominator; every frame counts, padding included (its labels are 0), unless ``mask`` says
-    otherwise (then N is the number of valid frames).
+    Per window over time (dim 1): covariance divided by N (taken elementwise, then averaged with
+    everything else), variances unbiased (N - 1), 1e-8 added to the denominator; ``weights`` scale
+    each output column; the mean runs over batch, time and outputs. Every frame counts, padding
+    included (its labels are 0). With ``mask`` (our extension, not theirs) only the valid frames
+    count and N is their number.
 
     Args:
-        pred: (B, T) predictions.
-        target: (B, T) labels.
+        outputs: (B, T) or (B, T, C) predictions.
+        labels: labels of the same shape.
         mask: optional (B, T) bool, True on the frames that count.
+        weights: optional (C,) weight of each output column.
     """
     if mask is None:
-        mean_pred, mean_target = pred.mean(dim=1), target.mean(dim=1)  # (B,)
-        d_pred, d_target = pred - mean_pred[:, None], target - mean_target[:, None]  # (B, T)
-        n = torch.full_like(mean_pred, pred.shape[1])
+        # their forward(gold, pred) is called as criterion(outputs, labels): gold = outputs, pred = labels
+        gold_mean, pred_mean = torch.mean(outputs, 1, keepdim=True), torch.mean(labels, 1, keepdim=True)
+        covariance = (outputs - gold_mean) * (labels - pred_mean)
+        gold_var = torch.var(outputs, 1, keepdim=True, unbiased=True)
+        pred_var = torch.var(labels, 1, keepdim=True, unbiased=True)
+        concordance = 2.0 * covariance / (
+            (gold_var + pred_var + torch.mul(gold_mean - pred_mean, gold_mean - pred_mean)) + LOSS_EPS)
     else:
-        weight = mask.to(pred.dtype)  # (B, T)
-        n = weight.sum(dim=1)  # (B,)
-        mean_pred, mean_target = (pred * weight).sum(dim=1) / n, (target * weight).sum(dim=1) / n
-        d_pred = (pred - mean_pred[:, None]) * weight
-        d_target = (target - mean_target[:, None]) * weight
-    covariance = (d_pred * d_target).sum(dim=1) / n
-    var_pred = d_pred.square().sum(dim=1) / (n - 1)
-    var_target = d_target.square().sum(dim=1) / (n - 1)
-    concordance = 2 * covariance / (var_pred + var_target + (mean_pred - mean_target).square() + LOSS_EPS)
-    return (1 - concordance).mean()
+        valid = mask.to(outputs.dtype).reshape(*mask.shape, *([1] * (outputs.dim() - 2)))  # (B, T[, 1])
+        n = valid.sum(dim=1, keepdim=True)  # (B, 1[, 1])
+        gold_mean, pred_mean = (outputs * valid).sum(1, keepdim=True) / n, (labels * valid).sum(1, keepdim=True) / n
+        d_gold, d_pred = (outputs - gold_mean) * valid, (labels - pred_mean) * valid
+        covariance = (d_gold * d_pred).sum(1, keepdim=True) / n
+        variances = (d_gold.square().sum(1, keepdim=True) + d_pred.square().sum(1, keepdim=True)) / (n - 1)
+        concordance = 2.0 * covariance / (variances + (gold_mean - pred_mean).square() + LOSS_EPS)
+    loss = 1.0 - concordance
+    if weights is not None:
+        loss = loss * weights
+    return torch.mean(loss)
 
 
 FOLD_FUSION_STYLES = ("authors", "clipped")

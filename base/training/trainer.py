@@ -116,6 +116,10 @@ def weighted_ccc_loss(
         mask: (B, T) True on the frames that count (None: all, padding included).
         loss: ``population`` (``ccc_loss``) or ``authors`` (``authors_ccc_loss``).
     """
+    if loss == "authors":  # their loss on all columns at once, operation for operation
+        columns = [LABEL_COLUMN[emotion] for emotion in emotions]
+        column_weights = torch.tensor(weights, dtype=outputs.dtype).to(outputs.device, non_blocking=True)
+        return authors_ccc_loss(outputs, labels[..., columns], mask, column_weights)
     window_loss = LOSSES[loss]
     losses = [
         weight * window_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
