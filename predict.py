@@ -180,26 +180,12 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_validation(args: argparse.Namespace) -> int:
-    from base.prediction.prediction import (
-        check_inputs,
-        fold_training_trials,
-        format_validation,
-        predict_ensemble,
-        score_ensemble,
-        trial_labels,
-    )
+    from base.prediction.prediction import format_validation, score_validation
     from base.prediction.submission import write_submission
 
     device, models, dataset = _open_runs(args)
-    trials = dataset.partition_trials(args.partition)
-    if not trials:
-        raise UserError(f"the processed dataset {dataset.root} has no {args.partition} trials")
-    check_inputs(models, dataset, trials, args.quiet)
-    labels = trial_labels(dataset, trials)
-    mean_std = _statistics_for(models, dataset)
-    prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size,
-                                  allow_missing_emotion=True, quiet=args.quiet)
-    result = score_ensemble(prediction, labels, fold_training_trials(dataset), args.partition)
+    result, prediction = score_validation(models, dataset, args.partition, device, args.batch_size, args.quiet)
+    trials = prediction.trials
     print(format_validation(result))
     if args.output:
         if len(prediction.groups) < 2:
