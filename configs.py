@@ -100,6 +100,7 @@ class DemoConfig:
     demo_missing_face_rate: float = 0.03  # fraction of frames whose jpg is missing
     demo_unlabeled_rate: float = 0.05  # fraction of frames annotated -5
     demo_sample_rate: int = 16000  # Hz of the generated audio track
+    demo_layout: str = "abaw2"  # abaw2: the paper's layout; abaw3: the later releases' (base/preprocessing/demo.py)
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,9 @@ FIELD_HELP: dict[str, str] = {
     "demo_missing_face_rate": "fraction of demo frames whose face jpg is missing",
     "demo_unlabeled_rate": "fraction of demo annotation rows marked -5",
     "demo_sample_rate": "sample rate of the demo audio tracks, Hz",
+    "demo_layout": "abaw2 (annotations/VA_Set, raw_video/, Test_Set/) or abaw3 (the later releases: "
+                   "'6th ABAW Annotations/VA_Estimation_Challenge', videos in batch1/ batch2/, other challenges' "
+                   "cropped_aligned folders, a test list file)",
     # features
     "frame_size": "side of the stored face crops (frame.npy), pixels",
     "sample_rate": "sample rate of the extracted wav, Hz",
