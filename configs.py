@@ -527,6 +527,11 @@ def default_config_file(environ: Mapping[str, str] | None = None) -> str:
     return environ.get(CONFIG_FILE_ENV, "").strip() or DEFAULT_CONFIG_FILE
 
 
+def load_config(config_file: str | None = None) -> Config:
+    """Defaults <- ``config_file`` (else ``default_config_file()``): what a script without flags runs with."""
+    return resolve(argparse.Namespace(config_file=config_file))
+
+
 def resolve(args: argparse.Namespace, base: Config | None = None,
             extra: Mapping[str, Any] | None = None) -> Config:
     """Defaults (or ``base``) <- ``extra`` <- the config file (``--config``, else ``default_config_file()``) <- flags."""
