@@ -4,11 +4,17 @@ Resolution order (nanoGPT style): dataclass defaults, then a JSON/YAML config fi
 command line. Unknown keys and values of the wrong type are rejected with the key's name.
 The resolved config is written into every run folder and every checkpoint (``save_config``).
 
+IDE users (no command line): edit the defaults below (e.g. ``FeatureConfig.database_path`` and
+``TrainConfig.dataset_path``), or keep your settings in a JSON/YAML file named by ``DEFAULT_CONFIG_FILE``
+below or by the ``ABAW2_LFAF_CONFIG`` environment variable; it is read whenever no ``--config`` is
+given, so every script runs with no arguments.
+
 Sections:
     DemoConfig      the embedded demo database (``preprocessing.py --make-demo``)
     FeatureConfig   preprocessing: frame size, audio rate, openSMILE, VGGish
     ModelConfig     the 2d1d visual block, aural TCNs and leader-follower fusion (SPEC §4)
     TrainConfig     the authors' training recipe (SPEC §5) and run bookkeeping
+    PredictConfig   where ``predict.py`` writes the test-set submission
 
 Field names are unique across sections, so that every field is also a flat ``--kebab-case``
 command-line flag.
@@ -20,6 +26,7 @@ import argparse
 import dataclasses
 import enum
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -70,6 +77,11 @@ MODALITY_FEATURE_DIM = {
 }
 
 EMOTIONS = ("valence", "arousal")
+
+# A JSON/YAML config file read when no --config is given (IDE users: put its path here); the
+# environment variable wins over it. Empty: none.
+DEFAULT_CONFIG_FILE = ""
+CONFIG_FILE_ENV = "ABAW2_LFAF_CONFIG"
 
 
 class Recipe(enum.StrEnum):
@@ -124,6 +136,7 @@ class DemoConfig:
     demo_missing_face_rate: float = 0.03  # fraction of frames whose jpg is missing
     demo_unlabeled_rate: float = 0.05  # fraction of frames annotated -5
     demo_sample_rate: int = 16000  # Hz of the generated audio track
+    demo_layout: str = "abaw2"  # abaw2: the paper's layout; abaw3: the later releases' (base/preprocessing/demo.py)
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,10 @@ class FeatureConfig:
     max_label_frame_mismatch: float = 0.1  # tolerated |labels - video frames| / video frames
     openface_bin: str = ""  # OpenFace FeatureExtraction binary (optional)
     openface_output: str = ""  # folder of existing OpenFace CSVs (optional)
+    database_path: str = ""  # raw Aff-Wild2 database root (preprocessing.py --database)
+    annotations: str = ""  # VA annotation folder holding Train_Set/ and Validation_Set/ (empty: found in the database)
+    video_dirs: tuple[str, ...] = ()  # folders holding the videos (empty: the whole database, recursively)
+    test_list: str = ""  # the organisers' list of test trial names, one per line (empty: unannotated folders)
 
 
 @dataclass(frozen=True)
@@ -214,6 +231,14 @@ class TrainConfig:
     test_statistics: str | None = None  # Target_Set or Validation_Set (None: from the recipe)
     min_epochs_inclusive: bool | None = None  # None: from the recipe
     fold_fusion: str | None = None  # authors or clipped (None: from the recipe)
+    tensorboard: bool = False  # also write per-epoch scalars to <run folder>/tensorboard/ (needs tensorboard)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Where ``predict.py`` writes (its runs default to ``save_path``, its dataset to ``dataset_path``)."""
+
+    submission_path: str = "submission"  # folder of the test-set submission (one <trial>.txt per test trial)
 
 
 @dataclass(frozen=True)
@@ -222,6 +247,7 @@ class Config:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
@@ -240,6 +266,9 @@ FIELD_HELP: dict[str, str] = {
     "demo_missing_face_rate": "fraction of demo frames whose face jpg is missing",
     "demo_unlabeled_rate": "fraction of demo annotation rows marked -5",
     "demo_sample_rate": "sample rate of the demo audio tracks, Hz",
+    "demo_layout": "abaw2 (annotations/VA_Set, raw_video/, Test_Set/) or abaw3 (the later releases: "
+                   "'6th ABAW Annotations/VA_Estimation_Challenge', videos in batch1/ batch2/, other challenges' "
+                   "cropped_aligned folders, a test list file)",
     # features
     "frame_size": "side of the stored face crops (frame.npy), pixels",
     "sample_rate": "sample rate of the extracted wav, Hz",
@@ -251,6 +280,13 @@ FIELD_HELP: dict[str, str] = {
     "max_label_frame_mismatch": "largest tolerated |annotation rows - video frames| / video frames",
     "openface_bin": "OpenFace FeatureExtraction binary: adds landmark.npy and au.npy (optional, not bundled)",
     "openface_output": "folder of existing OpenFace CSVs named <trial>.csv (instead of --openface-bin)",
+    "database_path": "raw database root: annotations, cropped_aligned/ and the videos (in any subfolders)",
+    "annotations": "VA annotation folder with Train_Set/ and Validation_Set/ (default: annotations/VA_Set or "
+                   "<N>th ABAW Annotations/VA_Estimation_Challenge found in the database)",
+    "video_dirs": "folders holding the videos, searched recursively (default: the database root, "
+                  "cropped_aligned/ skipped)",
+    "test_list": "the organisers' test-set list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt, "
+                 "one trial name per line); default: cropped_aligned folders without a VA annotation",
     # model
     "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
     "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
@@ -311,6 +347,10 @@ FIELD_HELP: dict[str, str] = {
     "test_statistics": "z-scoring of test trials: Target_Set (the authors') or Validation_Set (the fold's)",
     "min_epochs_inclusive": "early stopping counts from epoch min_num_epochs (1) or after it (0, the authors')",
     "fold_fusion": "CCC-centering weights: authors (sample variances, negatives kept) or clipped (population, >= 0)",
+    "tensorboard": "write per-epoch scalars (loss, validation CCC/PCC/RMSE, lr, released groups) to "
+                   "<run folder>/tensorboard/ (pip install tensorboard)",
+    # predict
+    "submission_path": "folder where predict.py test writes the submission",
 }
 
 
@@ -588,13 +628,24 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 0/1 or true/false, got {text!r}")
 
 
+def default_config_file(environ: Mapping[str, str] | None = None) -> str:
+    """The config file read when no ``--config`` is given: ``$ABAW2_LFAF_CONFIG``, else ``DEFAULT_CONFIG_FILE``."""
+    environ = os.environ if environ is None else environ
+    return environ.get(CONFIG_FILE_ENV, "").strip() or DEFAULT_CONFIG_FILE
+
+
+def load_config(config_file: str | None = None) -> Config:
+    """Defaults <- ``config_file`` (else ``default_config_file()``): what a script without flags runs with."""
+    return resolve(argparse.Namespace(config_file=config_file))
+
+
 def resolve(args: argparse.Namespace, base: Config | None = None,
             extra: Mapping[str, Any] | None = None) -> Config:
-    """Defaults (or ``base``) <- ``extra`` <- the config file named by ``--config`` <- flags."""
+    """Defaults (or ``base``) <- ``extra`` <- the config file (``--config``, else ``default_config_file()``) <- flags."""
     config = base or Config()
     if extra:
         config = apply_overrides(config, extra)
-    config_file = getattr(args, "config_file", None)
+    config_file = getattr(args, "config_file", None) or default_config_file()
     if config_file:
         config = apply_overrides(config, load_config_file(config_file))
     flags = {k: v for k, v in vars(args).items() if k in FLAT_KEYS}

@@ -21,6 +21,7 @@ from base.errors import UserError, run_cli, setup_logging
 from base.training.cross_validation import ccc_line, format_summary, run_cross_validation
 from base.training.devices import gpu_index_to_device, set_cpu_threads
 from base.training.distributed import init_distributed, rank_config, shutdown_distributed
+from base.training.tensorboard_log import require_tensorboard
 from configs import Config, add_config_arguments, demo_overrides, resolve
 
 TRAINING_SECTIONS = ("model", "train")
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         config = rank_config(config, context)
         setup_logging(config.train.quiet)
         set_cpu_threads(config.train.cpu_threads)
+        if config.train.tensorboard:
+            require_tensorboard()
         results = run_cross_validation(config, context)
         if context.is_main:
             print(format_summary(results))

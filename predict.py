@@ -12,6 +12,11 @@ Examples::
     # valence/arousal traces of any video: a CSV and a plot
     python predict.py video my_clip.mp4 --runs RUN_DIR --output traces [--detector haar|mtcnn|openface]
 
+With no arguments (IDE use) it runs ``test`` with the paths of configs.py or of the config file named by
+``$ABAW2_LFAF_CONFIG``: the runs under ``save_path``, the dataset ``dataset_path``, the submission into
+``submission_path``, checked against ``database_path`` when set. A later Aff-Wild2 release needs the
+layout options of preprocessing (``--test-list`` ...) for ``--database``.
+
 ``--runs`` takes run folders (each holding the best.pt a training run writes), best.pt files, or a
 folder of run folders. Runs are grouped by emotion (a ``both`` run serves both) and the folds of an
 emotion are merged by CCC centering, then clipped to [-1, 1] (SPEC §6).
@@ -33,12 +38,22 @@ PARTITIONS = ("Validation_Set", "Train_Set")
 
 def _add_common(parser: argparse.ArgumentParser, runs: bool = True) -> None:
     if runs:
-        parser.add_argument("--runs", "-runs", nargs="+", required=True, metavar="RUN",
-                            help="run folders, best.pt files, or folders of run folders")
+        parser.add_argument("--runs", "-runs", nargs="+", default=None, metavar="RUN",
+                            help="run folders, best.pt files, or folders of run folders (default: save_path)")
         parser.add_argument("--device", "-device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
         parser.add_argument("--batch-size", type=int, default=None, metavar="N",
                             help="windows per forward pass (default: each run's training batch size)")
     parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    parser.add_argument("--config", "-config", dest="config_file", default=None, metavar="FILE",
+                        help="JSON or YAML config file: the defaults of the paths (default: $ABAW2_LFAF_CONFIG)")
+
+
+def _add_layout(parser: argparse.ArgumentParser) -> None:
+    """Where a later Aff-Wild2 release keeps its parts (as preprocessing.py; default: the config's)."""
+    parser.add_argument("--annotations", default=None, metavar="DIR", help="VA annotation folder of --database")
+    parser.add_argument("--video-dirs", nargs="+", default=None, metavar="DIR", help="video folders of --database")
+    parser.add_argument("--test-list", default=None, metavar="FILE",
+                        help="the organisers' list of test trial names (later releases)")
 
 
 def _add_dataset(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -53,15 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = commands.add_parser("test", help="write a test-set submission (one <trial>.txt per test trial)")
     _add_dataset(test, "processed dataset holding the test trials (default: the one the runs were trained on)")
-    test.add_argument("--output", "-output", required=True, metavar="DIR", help="submission folder (created)")
+    test.add_argument("--output", "-output", default=None, metavar="DIR",
+                      help="submission folder (created; default: submission_path)")
     test.add_argument("--database", "-database", default=None, metavar="DB",
-                      help="raw database: check every test trial against its video's frame count")
+                      help="raw database: check every test trial against its video's frame count "
+                           "(default: database_path when set)")
+    _add_layout(test)
     _add_common(test)
 
     validate = commands.add_parser("validate", help="check a submission folder")
-    validate.add_argument("submission", metavar="SUBMISSION_DIR")
+    validate.add_argument("submission", metavar="SUBMISSION_DIR", nargs="?", default=None,
+                          help="the submission folder (default: submission_path)")
     validate.add_argument("--database", "-database", default=None, metavar="DB",
                           help="raw database: frame counts from its test videos (what the challenge counts)")
+    _add_layout(validate)
     _add_dataset(validate, "processed dataset: frame counts of its test trials (when no --database)")
     _add_common(validate, runs=False)
 
@@ -156,7 +176,7 @@ def run_test(args: argparse.Namespace) -> int:
     lengths = {trial: dataset.n_frames(trial) for trial in trials}
     expected = lengths
     if args.database:
-        expected = expected_from_database(args.database)
+        expected = expected_from_database(args.database, _layout(args))
         check_same_lengths(lengths, expected, f"database {args.database}")
         trials = sorted(expected)
     check_inputs(models, dataset, trials, args.quiet)
@@ -183,7 +203,7 @@ def run_validate(args: argparse.Namespace) -> int:
     from base.prediction.submission import expected_from_database, expected_from_dataset
 
     if args.database:
-        expected = expected_from_database(args.database)
+        expected = expected_from_database(args.database, _layout(args))
     elif args.dataset_path:
         expected = expected_from_dataset(args.dataset_path)
     else:
@@ -192,27 +212,12 @@ def run_validate(args: argparse.Namespace) -> int:
 
 
 def run_validation(args: argparse.Namespace) -> int:
-    from base.prediction.prediction import (
-        STATS_PARTITION,
-        check_inputs,
-        fold_training_trials,
-        format_validation,
-        predict_ensemble,
-        score_ensemble,
-        trial_labels,
-    )
+    from base.prediction.prediction import format_validation, score_validation
     from base.prediction.submission import write_submission
 
     device, models, dataset = _open_runs(args)
-    trials = dataset.partition_trials(args.partition)
-    if not trials:
-        raise UserError(f"the processed dataset {dataset.root} has no {args.partition} trials")
-    check_inputs(models, dataset, trials, args.quiet)
-    labels = trial_labels(dataset, trials)
-    mean_std = _statistics_for(models, dataset)
-    prediction = predict_ensemble(models, dataset, trials, mean_std, device, args.batch_size,
-                                  stats_partition=STATS_PARTITION, allow_missing_emotion=True, quiet=args.quiet)
-    result = score_ensemble(prediction, labels, fold_training_trials(dataset), args.partition)
+    result, prediction = score_validation(models, dataset, args.partition, device, args.batch_size, args.quiet)
+    trials = prediction.trials
     print(format_validation(result))
     if args.output:
         if len(prediction.groups) < 2:
@@ -245,10 +250,38 @@ def run_video(args: argparse.Namespace) -> int:
 COMMANDS = {"test": run_test, "validate": run_validate, "validation": run_validation, "video": run_video}
 
 
+def _layout(args: argparse.Namespace):
+    from base.preprocessing.database import DatabaseLayout
+
+    return DatabaseLayout(args.annotations or "", tuple(args.video_dirs or ()), args.test_list or "")
+
+
+def apply_config_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the paths not given on the command line from the config (configs.py, then the config file)."""
+    from configs import load_config
+
+    config = load_config(args.config_file)
+    if hasattr(args, "runs") and not args.runs:
+        args.runs = [config.train.save_path]
+    if hasattr(args, "dataset_path") and not args.dataset_path:
+        args.dataset_path = config.train.dataset_path or None
+    if args.command == "test" and not args.output:
+        args.output = config.predict.submission_path
+    if args.command == "validate" and not args.submission:
+        args.submission = config.predict.submission_path
+    if args.command in ("test", "validate"):
+        args.database = args.database or config.features.database_path or None
+        args.annotations = args.annotations or config.features.annotations
+        args.video_dirs = args.video_dirs or list(config.features.video_dirs)
+        args.test_list = args.test_list or config.features.test_list
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv or ["test"])  # no arguments: the test-set submission (IDE use)
     setup_logging(args.quiet)
-    return COMMANDS[args.command](args)
+    return COMMANDS[args.command](apply_config_defaults(args))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,14 @@
 """Preprocess an Aff-Wild2-style database into the authors' per-trial npy format, or make the demo one.
 
 Examples:
-    python preprocessing.py --make-demo demo_workspace/Affwild2 --seed 0
+    python preprocessing.py --make-demo demo_workspace/Affwild2 --seed 0 [--demo-layout abaw3]
     python preprocessing.py --database /data/Affwild2 --output /data/Affwild2_processed --jobs 8 \\
         --vggish-checkpoint vggish_model.ckpt --vggish-pca-params vggish_pca_params.npz
+    # a later ABAW release: annotations and videos are found in the database; the test set is the list
+    python preprocessing.py --database /data/ABAW6 --output /data/ABAW6_processed \\
+        --test-list Valence_Arousal_Estimation_Challenge_test_set_release.txt --vggish-checkpoint ...
+    # IDE: with database_path and dataset_path set in configs.py (or a config file), no arguments
+    python preprocessing.py
 
 VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``);
 nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
@@ -27,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--make-demo", metavar="DIR", help="write the demo database (SPEC §1 layout) to DIR and exit")
-    parser.add_argument("--database", "-database", metavar="DIR", help="root of the raw database (annotations/, cropped_aligned/, raw_video/, Test_Set/)")
-    parser.add_argument("--output", "-output", metavar="OUT", help="folder for dataset_info.pkl and npy_data/ (created; reruns resume)")
+    parser.add_argument("--output", "-output", "--dataset-path", dest="dataset_path", default=argparse.SUPPRESS,
+                        metavar="OUT", help="folder for dataset_info.pkl and npy_data/ (created; reruns resume); "
+                                            "default: TrainConfig.dataset_path")
     parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.cache (wav and per-video features) after success")
     parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
     configs.add_config_arguments(parser, sections=("demo", "features"),
-                                 aliases={"demo_seed": ("--seed", "-seed"), "jobs": ("-j",)})
+                                 aliases={"demo_seed": ("--seed", "-seed"), "jobs": ("-j",),
+                                          "database_path": ("--database", "-database")})
     return parser
 
 
@@ -72,18 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         root = make_demo_database(args.make_demo, config.demo, quiet=args.quiet)
         log.info("demo database ready: %s", root)
         return 0
-    if not args.database or not args.output:
-        parser.error("give --database DIR and --output OUT (or --make-demo DIR)")
+    if not config.features.database_path or not config.train.dataset_path:
+        parser.error("give --database DIR and --output OUT (or set database_path and dataset_path in configs.py "
+                     f"or a config file: --config FILE, ${configs.CONFIG_FILE_ENV}), or --make-demo DIR")
     from base.preprocessing.preprocess import SUMMARY_NAME, preprocess_database
 
-    database, output = Path(args.database), Path(args.output)
+    database, output = Path(config.features.database_path), Path(config.train.dataset_path)
     if output.exists() and not output.is_dir():
         raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
     if not database.is_dir():
         raise UserError(f"database folder {database} does not exist")
-    from base.preprocessing.database import discover_trials
+    from base.preprocessing.database import DatabaseLayout, discover_trials
 
-    discover_trials(database)  # checks the layout before any heavy set-up
+    discover_trials(database, DatabaseLayout.of(config.features))  # checks the layout before any heavy set-up
     vggish_source = resolve_vggish(config.features, database, output)
     results = preprocess_database(database, output, config.features, vggish_source,
                                   quiet=args.quiet, keep_cache=args.keep_cache)

@@ -80,11 +80,14 @@ def test_discovery_is_sorted_and_maps_sides_to_videos(tmp_path: Path) -> None:
 def test_discovery_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         discover_trials(tmp_path / "nowhere")
-    with pytest.raises(UserError, match="no annotations/VA_Set folder"):
+    with pytest.raises(UserError, match="no VA annotations found .* annotations/VA_Set"):
         discover_trials(tmp_path)
     (tmp_path / "annotations/VA_Set/Train_Set").mkdir(parents=True)
     (tmp_path / "cropped_aligned").mkdir()
-    with pytest.raises(UserError, match="no annotation folder annotations/VA_Set/Validation_Set"):
+    with pytest.raises(UserError, match="no VA annotations found"):  # Validation_Set is missing
+        discover_trials(tmp_path)
+    (tmp_path / "annotations/VA_Set/Validation_Set").mkdir()
+    with pytest.raises(UserError, match="no annotation files"):
         discover_trials(tmp_path)
 
 

@@ -105,6 +105,7 @@ def test_a_script_trains_its_index_and_resumes_on_requeue(script, index_variable
     log = (save / "logs" / "task_15.log").read_text()
     assert re.search(r"fold 3: no checkpoint in .* starting from scratch", log), log
     assert "validation CCC: arousal=" in log and "validation CCC: arousal=" in first.stdout
+    assert f"the results table (results.md/.csv/.png): {sys.executable} -m base.report {save}" in first.stdout
 
     requeued = run_script(script, index_variable, 15, dataset, save)  # the same task started again
     assert requeued.returncode == 0, requeued.stdout + requeued.stderr

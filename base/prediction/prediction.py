@@ -496,6 +496,25 @@ def score_ensemble(prediction: EnsemblePrediction, labels: Mapping[str, np.ndarr
     return ValidationResult(partition, len(trials), per_model, merged, n_merged)
 
 
+def score_validation(models: Sequence[FoldModel], dataset: ProcessedDataset, partition: str = VALIDATION_SET,
+                     device: torch.device | None = None, batch_size: int | None = None,
+                     quiet: bool = True) -> tuple[ValidationResult, EnsemblePrediction]:
+    """Predict a labeled partition with every run, fuse the folds per emotion and score them.
+
+    What ``predict.py validation`` prints (and ``base.training.report`` tabulates): the partition CCC
+    of each run alone and of the CCC-centred fusion of the runs of each emotion.
+    """
+    trials = dataset.partition_trials(partition)
+    if not trials:
+        raise UserError(f"the processed dataset {dataset.root} has no {partition} trials")
+    check_inputs(models, dataset, trials, quiet)
+    labels = trial_labels(dataset, trials)
+    mean_std = dataset.mean_std() if any(needs_statistics(fm.modalities) for fm in models) else None
+    prediction = predict_ensemble(models, dataset, trials, mean_std, device or torch.device("cpu"), batch_size,
+                                  stats_partition=STATS_PARTITION, allow_missing_emotion=True, quiet=quiet)
+    return score_ensemble(prediction, labels, fold_training_trials(dataset), partition), prediction
+
+
 def fold_training_trials(dataset: ProcessedDataset) -> Callable[[FoldModel], set[str]]:
     """A function giving the training trials of a run's fold in ``dataset``."""
     cache: dict[int, set[str]] = {}

@@ -20,7 +20,7 @@ import numpy as np
 from base import atomic
 from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.preprocessing.database import TEST_PARTITION, discover_trials
+from base.preprocessing.database import TEST_PARTITION, DatabaseLayout, discover_trials
 
 logger = logging.getLogger(__name__)
 
@@ -81,27 +81,27 @@ def write_submission(folder: str | Path, predictions: Mapping[str, np.ndarray]) 
 # ----------------------------------------------------------------------------- what is expected
 
 
-def expected_from_database(database: str | Path) -> dict[str, int]:
+def expected_from_database(database: str | Path, layout: DatabaseLayout | None = None) -> dict[str, int]:
     """Test trial -> number of frames of its video, for every test trial of a raw database.
 
-    A test trial is a ``cropped_aligned`` folder that no annotation names (SPEC §1); its video is
-    looked up in ``Test_Set/`` then ``raw_video/``. Each video is probed once (``_left``/``_right``
-    trials share it).
+    A test trial is a ``cropped_aligned`` folder that no annotation names (SPEC §1), or one the
+    ``layout``'s test list names (later releases); its video is found as preprocessing finds it
+    (``base.preprocessing.database``). Each video is probed once (``_left``/``_right`` trials share it).
 
     Raises:
         UserError: the database has no test trial, or a test trial has no video.
     """
     from base.preprocessing.media import probe_video
 
-    trials = [t for t in discover_trials(database) if t.partition == TEST_PARTITION]
+    trials = [t for t in discover_trials(database, layout) if t.partition == TEST_PARTITION]
     if not trials:
         raise UserError(f"database {database} has no test trials (cropped_aligned folders without an annotation)")
     counts: dict[str, int] = {}
     probed: dict[Path, int] = {}
     for trial in trials:
         if trial.video_path is None:
-            raise UserError(f"test trial {trial.name} has no video {trial.video}.* in {database}/Test_Set or "
-                            f"raw_video, so its frame count is unknown")
+            raise UserError(f"test trial {trial.name} has no video {trial.video}.* in the video folders of "
+                            f"{database}, so its frame count is unknown")
         if trial.video_path not in probed:
             probed[trial.video_path] = probe_video(trial.video_path).n_frames
         counts[trial.name] = probed[trial.video_path]

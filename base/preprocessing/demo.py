@@ -6,10 +6,17 @@ The faces and the sound carry the labels so that a model can learn them:
 - arousal: eye opening and eyebrow height, and the pitch and loudness of the voice.
 
 Everything is deterministic from the seed (videos are encoded with bit-exact flags).
+
+``demo_layout`` abaw3 lays the very same files out as the later Aff-Wild2 releases do
+(``base.preprocessing.database``): the VA annotations in ``6th ABAW Annotations/VA_Estimation_Challenge/``,
+the videos (test ones included) spread over ``batch1/`` and ``batch2/``, extra ``cropped_aligned``
+folders of videos annotated for another challenge only (``EXPR_Recognition_Challenge``), and the
+organisers' test list in ``names_of_videos_in_each_test_set/``.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import shutil
@@ -24,6 +31,13 @@ import soundfile
 from tqdm import tqdm
 
 from base.errors import UserError
+from base.preprocessing.database import (
+    ANNOTATION_DIR,
+    FACES_DIR,
+    LABELED_PARTITIONS,
+    TEST_LIST_NAME,
+    VA_CHALLENGE_DIR,
+)
 from base.preprocessing.media import find_ffmpeg
 from configs import DemoConfig
 
@@ -32,6 +46,21 @@ log = logging.getLogger(__name__)
 UNLABELED = -5.0
 PARTITIONS = ("Train_Set", "Validation_Set", "Test_Set")
 MARKER = "demo_database.json"  # written last: its presence means the database is complete
+
+
+class DemoLayout(enum.StrEnum):
+    """How the demo database lays its files out (``demo_layout``)."""
+
+    ABAW2 = "abaw2"  # the paper's release (SPEC §1)
+    ABAW3 = "abaw3"  # the later releases (ABAW3 in 2022 and after)
+
+
+LATER_ANNOTATIONS = Path("6th ABAW Annotations")  # '<N>th ABAW Annotations' in the later releases
+OTHER_CHALLENGE = "EXPR_Recognition_Challenge"  # annotations of the extra cropped_aligned folders
+EXPR_HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
+VIDEO_BATCHES = ("batch1", "batch2")
+TEST_LIST_DIR = "names_of_videos_in_each_test_set"
+N_OTHER_CHALLENGE_FOLDERS = 2
 
 
 @dataclass(frozen=True)
@@ -263,6 +292,10 @@ def make_demo_database(root: str | Path, config: DemoConfig = DemoConfig(), quie
     root = Path(root)
     marker = root / MARKER
     settings = asdict(config)
+    try:
+        layout = DemoLayout(config.demo_layout)
+    except ValueError:
+        raise UserError(f"config key 'demo_layout' must be abaw2 or abaw3, got '{config.demo_layout}'") from None
     if marker.is_file():
         if json.loads(marker.read_text()).get("config") == settings:
             log.info("demo database already complete at %s (same settings): reused", root)
@@ -283,6 +316,8 @@ def make_demo_database(root: str | Path, config: DemoConfig = DemoConfig(), quie
             _write_video(staging, video, config, video_rng)
             for video, video_rng in tqdm(list(zip(videos, video_rngs)), desc="demo videos", disable=quiet)
         ]
+        if layout is DemoLayout.ABAW3:
+            to_later_layout(staging, videos, config, np.random.default_rng([config.demo_seed, 3]))
         (staging / MARKER).write_text(json.dumps({"config": settings, "videos": records}, indent=1))
         if root.exists():
             root.rmdir()
@@ -292,3 +327,36 @@ def make_demo_database(root: str | Path, config: DemoConfig = DemoConfig(), quie
         raise
     log.info("demo database written to %s: %d videos", root, len(videos))
     return root
+
+
+def to_later_layout(root: Path, videos: list[DemoVideo], config: DemoConfig, rng: np.random.Generator) -> None:
+    """Move an ABAW2-layout demo into the later releases' layout and add what those releases also hold."""
+    va_root = root / LATER_ANNOTATIONS / VA_CHALLENGE_DIR
+    va_root.mkdir(parents=True)
+    for partition in LABELED_PARTITIONS:
+        (root / ANNOTATION_DIR / partition).rename(va_root / partition)
+    shutil.rmtree(root / ANNOTATION_DIR.parts[0])
+    for batch in VIDEO_BATCHES:
+        (root / batch).mkdir()
+    for index, video in enumerate(videos):  # test videos among the others, as in the later releases
+        source = root / ("Test_Set" if video.partition == "Test_Set" else "raw_video") / f"{video.name}.{video.container}"
+        source.rename(root / VIDEO_BATCHES[index % len(VIDEO_BATCHES)] / source.name)
+    (root / "raw_video").rmdir()
+    (root / "Test_Set").rmdir()
+    # faces of videos annotated for another challenge only: neither VA training data nor VA test trials
+    expr = root / LATER_ANNOTATIONS / OTHER_CHALLENGE / "Train_Set"
+    expr.mkdir(parents=True)
+    identity = random_identity(rng)
+    for k in range(N_OTHER_CHALLENGE_FOLDERS):
+        name = f"{900 + k}-{int(config.demo_fps)}-{config.demo_video_size}x{config.demo_video_size}"
+        face_dir = root / FACES_DIR / name
+        face_dir.mkdir()
+        n_frames = 3
+        for i in range(n_frames):
+            face = render_face(float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1)), config.demo_face_size, identity)
+            cv2.imwrite(str(face_dir / f"{i + 1:05d}.jpg"), face, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        classes = rng.integers(0, 8, size=n_frames)
+        (expr / f"{name}.txt").write_text("\n".join([EXPR_HEADER, *map(str, classes)]) + "\n")
+    test_trials = [trial.name for video in videos if video.partition == "Test_Set" for trial in video.trials]
+    (root / TEST_LIST_DIR).mkdir()
+    (root / TEST_LIST_DIR / TEST_LIST_NAME).write_text("\n".join(test_trials) + "\n")

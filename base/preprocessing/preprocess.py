@@ -34,7 +34,7 @@ from tqdm import tqdm
 from base import atomic
 from base.errors import UserError
 from base.preprocessing.annotations import read_annotation
-from base.preprocessing.database import TEST_PARTITION, Trial, discover_trials
+from base.preprocessing.database import TEST_PARTITION, DatabaseLayout, Trial, discover_trials
 from base.preprocessing.frames import load_face_frames
 from base.safe_pickle import save_pickle
 from configs import FeatureConfig
@@ -286,7 +286,7 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
                         keep_cache: bool = False) -> list[TrialResult]:
     """Preprocess every trial of ``database`` into ``output``; returns one result per trial."""
     database, output = Path(database), Path(output)
-    trials = discover_trials(database)
+    trials = discover_trials(database, DatabaseLayout.of(features))
     prepare_output(output)
     results: dict[str, TrialResult] = {}
     pending: dict[str, list[Trial]] = defaultdict(list)
@@ -295,7 +295,7 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
         if done is not None:
             results[trial.name] = done
         elif trial.video_path is None:
-            results[trial.name] = _failed(trial, f"no video named {trial.video}.* in raw_video/ or Test_Set/")
+            results[trial.name] = _failed(trial, f"no video named {trial.video}.* in the video folders")
         else:
             if trial.annotation_path is not None:
                 try:  # a bad annotation should not cost an audio extraction

@@ -24,6 +24,7 @@ RESUME_FREE_KEYS = frozenset({
     "dataset_path", "save_path", "fold", "num_epochs", "min_num_epochs", "early_stopping", "device",
     "num_workers", "cpu_threads", "resume", "quiet", "save_model", "n_plot_trials",
     "backbone_checkpoint", "random_backbone", "backbone_chunk_size",
+    "tensorboard",
 })
 RESUME_CHECKED_SECTIONS = ("model", "train")
 

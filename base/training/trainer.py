@@ -48,6 +48,7 @@ from base.data.augment import prepare_frames
 from base.data.dataset import WindowDataset, make_loader
 from base.data.windowing import overlap_average
 from base.errors import UserError
+from base.training import tensorboard_log
 from base.training.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
 from base.training.distributed import (
     DistributedContext,
@@ -485,6 +486,7 @@ class Trainer:
         self.state.history.append(row)
         if self.context.is_main:
             write_csv(self.state.history, self.run.history_csv)
+            tensorboard_log.log_history(self.run.path, self.state.history, self.config.train.tensorboard)
         summary = " ".join(f"{e}={row[f'{e}_ccc']:.3f}" for e in self.emotions)
         logger.info("epoch %d: train loss %.4f, validation CCC %s, lr %.1e, released %d, best epoch %d%s",
                     epoch, train_loss, summary, learning_rate, self.state.n_released, self.state.best_epoch,
