@@ -22,6 +22,7 @@ is safe beside TensorFlow (load the weights first, then build the graph, as ``Vg
 from __future__ import annotations
 
 import logging
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,6 +43,8 @@ WRAPPER_PREFIXES = ("module.", "backbone.")
 # torchvggish's PCA postprocessor, saved beside the network by its full model: not network weights.
 IGNORED_PREFIXES = ("pproc.",)
 NESTED_KEYS = ("state_dict", "model")  # {"state_dict": {...}} as training scripts save it
+# What torch.load(weights_only=True) says of an object it refuses, e.g. a whole pickled nn.Module.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _PICKLE_PROTOCOL_2 = b"\x80"  # first byte of a legacy (pre-zip) torch.save file
 _N_LISTED = 3  # keys quoted in an error message
 
@@ -68,13 +71,13 @@ def torch_names() -> dict[str, str]:
 
 def torch_shapes() -> dict[str, tuple[int, ...]]:
     """State-dict key -> shape of every tensor of ``vggish.pth``."""
-    shapes = {}
+    names, shapes = torch_names(), {}
     for name, shape in variable_shapes().items():
         if len(shape) == 4:
             shape = tuple(shape[axis] for axis in CONV_PERMUTATION)
         elif len(shape) == 2:
             shape = shape[::-1]
-        shapes[torch_names()[name]] = shape
+        shapes[names[name]] = shape
     return shapes
 
 
@@ -196,10 +199,15 @@ def read_torch_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
         # The zip format is mapped, not read: checking the keys costs no 288 MB read.
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        pickled = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if pickled:
+            raise UserError(
+                f"VGGish weights {path} hold a pickled {pickled.group(1)}, not only tensors: save the "
+                f"model's state_dict() instead (torch.load(weights_only=True) reads nothing else)"
+            ) from None
         raise UserError(
-            f"VGGish weights {path} could not be read as a PyTorch state dict: it is truncated, not a "
-            f"torch.save file, or holds more than tensors ({reason}); {params.TORCH_WEIGHTS_HINT}"
+            f"VGGish weights {path} could not be read as a PyTorch state dict: it is truncated or not a "
+            f"torch.save file ({type(exc).__name__}); {params.TORCH_WEIGHTS_HINT}"
         ) from None
     state = _state_dict(loaded, path)
     check_torch_state_dict(state, path)
