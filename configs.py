@@ -147,7 +147,7 @@ class FeatureConfig:
     sample_rate: int = 16000  # Hz of the extracted wav
     opensmile_hop_s: float = 0.01  # openSMILE frame step
     vggish_batch_size: int = 64  # patches per VGGish forward pass (bounds memory; 256 costs +500 MiB, no faster)
-    vggish_checkpoint: str = ""  # vggish_model.ckpt of the AudioSet release
+    vggish_checkpoint: str = ""  # vggish_model.ckpt of the AudioSet release, or the authors' vggish.pth
     vggish_pca_params: str = ""  # vggish_pca_params.npz (kept for completeness; embedding is pre-PCA)
     jobs: int = 1  # worker processes over videos
     max_label_frame_mismatch: float = 0.1  # tolerated |labels - video frames| / video frames
@@ -274,7 +274,8 @@ FIELD_HELP: dict[str, str] = {
     "sample_rate": "sample rate of the extracted wav, Hz",
     "opensmile_hop_s": "openSMILE frame step, seconds",
     "vggish_batch_size": "VGGish patches per forward pass (bounds memory)",
-    "vggish_checkpoint": "vggish_model.ckpt of the AudioSet VGGish release (required except for the demo)",
+    "vggish_checkpoint": "vggish_model.ckpt of the AudioSet VGGish release, or the same weights in PyTorch "
+                         "layout (the authors' vggish.pth, sucv/ABAW3); required except for the demo",
     "vggish_pca_params": "vggish_pca_params.npz of the release (checked; the stored embedding is pre-PCA)",
     "jobs": "worker processes over videos",
     "max_label_frame_mismatch": "largest tolerated |annotation rows - video frames| / video frames",

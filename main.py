@@ -23,6 +23,7 @@ from base.training.devices import gpu_index_to_device, set_cpu_threads
 from base.training.distributed import init_distributed, rank_config, shutdown_distributed
 from base.training.tensorboard_log import require_tensorboard
 from configs import Config, add_config_arguments, demo_overrides, resolve
+from model.weights import AUTHORS_WEIGHTS_URL
 
 TRAINING_SECTIONS = ("model", "train")
 AUTHORS_BACKBONE_NAME = "res50_ir_0.887"
@@ -47,9 +48,11 @@ IGNORED_AUTHORS_FLAGS = ("-high_performance_cluster", "-python_package_path")
 EPILOG = f"""\
 backbone weights:
   The paper's visual backbone starts from the authors' IR-50 '{AUTHORS_BACKBONE_NAME}.pth'. Their
-  Google Drive link to it is dead (their GitHub issue #7). If you have the file, pass
-  --backbone-checkpoint FILE, or -model_load_path DIR [-backbone_state_dict NAME] as the authors did.
-  Any bare IR-50 state dict or a best.pt of this project also works. Without one, pass
+  ABAW2 link to it is dead (their GitHub issue #7); they now share it in the folder linked under
+  'Model state dict' in the sucv/ABAW3 README:
+    {AUTHORS_WEIGHTS_URL}
+  With the file, pass --backbone-checkpoint FILE, or -model_load_path DIR [-backbone_state_dict NAME]
+  as the authors did. Any bare IR-50 state dict or a best.pt of this project also works. Without one, pass
   --random-backbone to train the backbone from random weights: fine for the demo, clearly worse than
   the paper on Aff-Wild2.
 

@@ -10,7 +10,8 @@ Examples:
     # IDE: with database_path and dataset_path set in configs.py (or a config file), no arguments
     python preprocessing.py
 
-VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``);
+VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``),
+or the same weights in PyTorch layout: the authors' ``vggish.pth`` (linked from the sucv/ABAW3 README);
 nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
 real checkpoint format are created then, and the log and dataset_info.pkl say so.
 """
@@ -56,7 +57,8 @@ def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path
     if not (database / MARKER).is_file():
         raise UserError(
             "VGGish needs --vggish-checkpoint vggish_model.ckpt (and optionally --vggish-pca-params "
-            "vggish_pca_params.npz) from the AudioSet VGGish release; only the demo database runs without them"
+            "vggish_pca_params.npz) from the AudioSet VGGish release, or --vggish-checkpoint vggish.pth "
+            "(the authors' file, linked from the sucv/ABAW3 README); only the demo database runs without them"
         )
     path = output / "vggish_random" / "vggish_model.ckpt"
     if not Path(str(path) + ".index").is_file():

@@ -2,8 +2,8 @@
 
 Accepted files (all read with ``torch.load(..., weights_only=True)``):
 
-* the authors' ``res50_ir_0.887.pth``: keys ``backbone.*`` plus an 8-class ``logits.*`` head
-  (the head is ignored);
+* the authors' ``res50_ir_0.887.pth``: the state dict of their ``VisualBackbone`` wrapper, keys
+  ``backbone.*`` plus an 8-class ``logits.*`` head (the head is ignored);
 * a bare backbone state dict: keys ``input_layer.*``, ``body.N.*``, ``output_layer.*``;
 * a checkpoint of this project: ``{"model": <model state dict>, ...}``, whose ``backbone.*``
   entries are the backbone (every model keeps it under the attribute ``backbone``).
@@ -31,9 +31,15 @@ AUTHORS_HEAD_PREFIX = "logits."
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # nn.DataParallel, torch.compile
 N_KEYS_SHOWN = 3
 
+# Answering their issue #7 (the dead link of ABAW2's README), the authors pointed to their later
+# repository sucv/ABAW3, whose README links this folder ("Model state dict") with res50_ir_0.887.pth
+# and vggish.pth (also in vggish/params.py, which must not import this torch module).
+AUTHORS_WEIGHTS_URL = "https://drive.google.com/drive/folders/1yh0vVY-AlwVCDxdAUy_c6e9fVbXUSnF5"
+
 MISSING_WEIGHTS_HELP = (
     "no backbone weights were given: the paper's model starts from the authors' IR-50 "
-    "'res50_ir_0.887.pth', whose download link is dead (their GitHub issue #7); pass "
+    "'res50_ir_0.887.pth'; its ABAW2 link is dead (their GitHub issue #7), the file is in the folder "
+    f"linked under 'Model state dict' in the sucv/ABAW3 README ({AUTHORS_WEIGHTS_URL}); pass "
     "--backbone-checkpoint FILE (that file, a bare IR-50 state dict or a checkpoint of this project), "
     "or --random-backbone to train from random backbone weights (much worse results on real data)"
 )

@@ -200,6 +200,42 @@ def test_authors_checkpoint_loads_strictly_and_reproduces_embeddings(backbones, 
     assert not loaded.training
 
 
+class _AuthorsVisualBackbone(torch.nn.Module):
+    """The wrapper the authors save ``res50_ir_0.887.pth`` from and load it into, strictly (ABAW2
+    ``model/model.py``, ABAW3 ``models/backbone.py`` ``VisualBackbone``): the ArcFace backbone under
+    ``backbone`` and an 8-class ``logits`` Linear beside it."""
+
+    def __init__(self, backbone: IR50) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.logits = torch.nn.Linear(512, 8)
+
+
+def test_authors_visual_backbone_layout_loads_strictly(backbones, tmp_path):
+    trained = copy.deepcopy(backbones["ir"])
+    generator = torch.Generator().manual_seed(3)
+    for name, buffer in trained.named_buffers():  # statistics other than the defaults must travel too
+        if name.endswith(("running_mean", "running_var")):
+            buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
+    state = _AuthorsVisualBackbone(trained).state_dict()
+    # Names as the authors' modules give them (hand-checked against their arcface_model.Backbone).
+    assert {"backbone.input_layer.0.weight", "backbone.input_layer.2.weight", "backbone.body.3.shortcut_layer.0.weight",
+            "backbone.body.21.shortcut_layer.1.running_var", "backbone.body.23.res_layer.2.weight",
+            "backbone.output_layer.0.weight", "backbone.output_layer.4.num_batches_tracked",
+            "logits.weight", "logits.bias"} <= set(state)
+    assert "backbone.body.0.shortcut_layer.0.weight" not in state  # 64 -> 64: a parameter-free max-pool
+    assert state["backbone.output_layer.3.weight"].shape == (512, 512 * 5 * 5)
+    assert set(state) == {f"backbone.{k}" for k in backbones["ir"].state_dict()} | {"logits.weight", "logits.bias"}
+    path = tmp_path / "res50_ir_0.887.pth"
+    torch.save(state, path)
+    loaded = load_backbone(path, "ir")
+    assert set(loaded.state_dict()) == {k.removeprefix("backbone.") for k in state if k.startswith("backbone.")}
+    frames = torch.rand(3, 3, 40, 40) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(frames), trained(frames), atol=0, rtol=0)
+        assert not torch.allclose(loaded(frames), backbones["ir"](frames))
+
+
 def test_bare_backbone_state_dict_loads(backbones, tmp_path):
     path = tmp_path / "bare.pth"
     torch.save(backbones["ir"].state_dict(), path)

@@ -11,7 +11,8 @@ A user downloads two files from the AudioSet VGGish release:
 on-disk table format (no TensorFlow import: openSMILE must not run in a process that imported
 TensorFlow), so that a wrong or truncated file is reported before any work starts.
 ``write_random_checkpoint`` writes the real variable names with random weights, for the demo and
-the tests (it needs TensorFlow).
+the tests (it needs TensorFlow). The same weights in PyTorch layout (the authors' ``vggish.pth``)
+are checked by ``vggish.torch_weights``; ``check_checkpoint`` accepts both.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 
 from base.errors import UserError
-from vggish import params
+from vggish import params, torch_weights
 from vggish.slim_model import variable_shapes
 
 logger = logging.getLogger(__name__)
@@ -250,10 +251,15 @@ def read_checkpoint_variables(path: str | Path) -> dict[str, TensorEntry]:
 def check_checkpoint(path: str | Path) -> str:
     """Check that ``path`` is a readable VGGish checkpoint and return the prefix to restore.
 
+    A PyTorch file (``vggish.pth``, see ``vggish.torch_weights``) is checked key by key and shape
+    by shape (this imports torch) and its path is returned.
+
     Raises:
         UserError: the files are missing or truncated, or VGGish variables are missing or have
             other shapes (extra variables, e.g. optimizer slots, are allowed).
     """
+    if torch_weights.is_torch_checkpoint(path):
+        return torch_weights.check_torch_checkpoint(path)
     prefix, _ = resolve_checkpoint(path)
     found = read_checkpoint_variables(path)
     expected = variable_shapes()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from base.errors import UserError
-from vggish import params
+from vggish import params, torch_weights
 from vggish.checkpoint import PcaParams, check_checkpoint, load_pca_params
 from vggish.mel_features import log_mel_spectrogram
 
@@ -130,7 +130,8 @@ class VggishExtractor:
         """Check the files, build the graph and restore the weights.
 
         Args:
-            checkpoint_path: ``vggish_model.ckpt`` (the release's single file or a V2 prefix).
+            checkpoint_path: ``vggish_model.ckpt`` (the release's single file or a V2 prefix), or
+                the same weights in PyTorch layout (``vggish.pth``, see ``vggish.torch_weights``).
             pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with
                 ``postprocess``.
             batch_size: patches per forward pass (bounds memory).
@@ -147,7 +148,10 @@ class VggishExtractor:
             raise UserError(f"VGGish threads must be 0 (automatic) or more, got {num_threads}")
         self.batch_size = batch_size
         self._session: Any = None
-        prefix = check_checkpoint(checkpoint_path)
+        # vggish.pth is read (with torch) before TensorFlow is imported; a TF checkpoint is restored
+        torch_values = (torch_weights.load_slim_variables(checkpoint_path)
+                        if torch_weights.is_torch_checkpoint(checkpoint_path) else None)
+        prefix = checkpoint_path if torch_values is not None else check_checkpoint(checkpoint_path)
         self.pca: PcaParams | None = load_pca_params(pca_params_path) if pca_params_path else None
         if postprocess and self.pca is None:
             raise UserError("VGGish postprocessing needs the PCA parameters: pass vggish_pca_params.npz")
@@ -166,7 +170,10 @@ class VggishExtractor:
         self._session = tf.Session(graph=self._graph, config=config)
         try:
             with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
-                saver.restore(self._session, prefix)
+                if torch_values is None:
+                    saver.restore(self._session, prefix)
+                else:
+                    slim_model.assign_variables(self._session, self._graph, torch_values)
         except tf.errors.OpError as exc:
             self.close()
             reason = str(exc.message).strip().splitlines()[0]

@@ -56,3 +56,10 @@ RELEASE_HINT = (
     f"download it from the AudioSet VGGish release (tensorflow/models, research/audioset/vggish): "
     f"{CHECKPOINT_URL} and {PCA_PARAMS_URL}"
 )
+# The authors' later repository (sucv/ABAW3) links a Google Drive folder, under "Model state dict" in
+# its README, holding res50_ir_0.887.pth and vggish.pth (VGGish in PyTorch layout).
+ABAW3_WEIGHTS_URL = "https://drive.google.com/drive/folders/1yh0vVY-AlwVCDxdAUy_c6e9fVbXUSnF5"
+TORCH_WEIGHTS_HINT = (
+    f"use the authors' vggish.pth from the folder linked under 'Model state dict' in the sucv/ABAW3 "
+    f"README ({ABAW3_WEIGHTS_URL}), or the AudioSet release's {CHECKPOINT_URL}"
+)

@@ -113,3 +113,16 @@ def vggish_variables(graph: Any) -> list[Any]:
     tf = import_tensorflow()
     by_name = {v.op.name: v for v in graph.get_collection(tf.GraphKeys.GLOBAL_VARIABLES)}
     return [by_name[name] for name in variable_shapes()]
+
+
+def assign_variables(session: Any, graph: Any, values: dict[str, Any]) -> None:
+    """Set the graph's VGGish variables to ``values`` (name -> array), one variable at a time.
+
+    The restore path for weights that are not a TensorFlow checkpoint (``vggish.pth``); call it
+    before the graph is finalized (it adds one placeholder and one assign op per variable).
+    """
+    tf = import_tensorflow()
+    with graph.as_default():
+        for variable in vggish_variables(graph):
+            feed = tf.placeholder(tf.float32, shape=variable.shape)
+            session.run(variable.assign(feed), feed_dict={feed: values[variable.op.name]})
