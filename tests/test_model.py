@@ -23,8 +23,8 @@ from model import (
     plan_modalities,
     save_authors_checkpoint,
 )
-from model.ir50 import Subsample
 from model.fusion import LeaderFollowerFusion, attend_across_modalities
+from model.ir50 import Subsample
 from model.tcn import TemporalConvNet, causal_padding
 
 # tiny models run fastest on one thread (and do not suffer from a busy machine)
