@@ -104,6 +104,7 @@ class FeatureConfig:
     max_label_frame_mismatch: float = 0.1  # tolerated |labels - video frames| / video frames
     openface_bin: str = ""  # OpenFace FeatureExtraction binary (optional)
     openface_output: str = ""  # folder of existing OpenFace CSVs (optional)
+    vggish_device: str = "cpu"  # cpu: TensorFlow sees no GPU; gpu: VGGish may use the GPUs (memory grown as needed)
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class TrainConfig:
     multi_head_weight: float = 10.0
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers; -1 = auto: 0 on the CPU, from the CPU count on CUDA
     cpu_threads: int = 0  # torch CPU threads (the authors' -cpu N); 0 keeps torch's default
     resume: bool = False
     debug: int = 0  # number of trials to load per partition; 0 = all
@@ -169,6 +170,7 @@ class TrainConfig:
     quiet: bool = False
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; fp16 only on CUDA, with a gradient scaler)
     channels_last: bool = False  # channels_last memory format for the IR-50 backbone
+    deterministic: bool = True  # cuDNN deterministic kernels; False turns on cudnn.benchmark (faster, not repeatable)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,8 @@ FIELD_HELP: dict[str, str] = {
     "max_label_frame_mismatch": "largest tolerated |annotation rows - video frames| / video frames",
     "openface_bin": "OpenFace FeatureExtraction binary: adds landmark.npy and au.npy (optional, not bundled)",
     "openface_output": "folder of existing OpenFace CSVs named <trial>.csv (instead of --openface-bin)",
+    "vggish_device": "cpu: hide the GPUs from TensorFlow (embeddings as the CPU build computes them, no GPU memory "
+                     "taken); gpu: let VGGish use them (memory allocated as needed)",
     # model
     "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
     "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
@@ -248,7 +252,8 @@ FIELD_HELP: dict[str, str] = {
     "multi_head_weight": "loss weight of the chosen emotion with --head mh",
     "seed": "random seed (python, numpy, torch, shuffling, crops)",
     "device": "auto, cpu, cuda or cuda:N",
-    "num_workers": "DataLoader worker processes",
+    "num_workers": "DataLoader worker processes; -1: auto (none on the CPU; on CUDA the CPUs per rank minus one, "
+                   "at most 8); 0: load in the training process",
     "cpu_threads": "torch CPU threads (the authors' -cpu); 0 keeps torch's default",
     "resume": "continue from the run folder's checkpoint.pt",
     "debug": "load only this many trials per partition (0: all)",
@@ -257,6 +262,7 @@ FIELD_HELP: dict[str, str] = {
     "quiet": "warnings only, no progress bars",
     "precision": "fp32, bf16 or fp16 autocast for the model (fp16 only on CUDA, with a gradient scaler)",
     "channels_last": "store the IR-50 backbone in channels_last memory format (faster convolutions on GPUs)",
+    "deterministic": "cuDNN deterministic kernels, autotuner off (repeatable GPU runs); 0: cudnn.benchmark on",
 }
 
 
@@ -386,6 +392,10 @@ def validate(config: Config) -> Config:
         raise UserError("config keys 'window_length'/'hop_length' need 0 < hop <= window")
     if t.batch_size <= 0:
         raise UserError("config key 'batch_size' must be positive")
+    if t.num_workers < -1:
+        raise UserError(f"config key 'num_workers' must be -1 (auto), 0 or more, got {t.num_workers}")
+    if config.features.vggish_device not in ("cpu", "gpu"):
+        raise UserError(f"config key 'vggish_device' must be cpu or gpu, got '{config.features.vggish_device}'")
     return config
 
 
