@@ -388,7 +388,8 @@ def _extract(video: Path, n_frames: int, fps: float, detector: Detector, audio_n
             audio_future.result()
             if vggish_checkpoint:
                 with ProcessPoolExecutor(1, mp_context=context, initializer=_init_vggish,
-                                         initargs=(vggish_checkpoint, None, features.vggish_batch_size, 0)) as pool:
+                                         initargs=(vggish_checkpoint, None, features.vggish_batch_size, 0,
+                                                   features.vggish_device)) as pool:
                     pool.submit(vggish_stage, str(cache), fps, n_frames).result()
             arrays.update(sample_audio_features(cache, audio_names, n_frames, fps, features.opensmile_hop_s))
     finally:
