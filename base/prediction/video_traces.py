@@ -318,6 +318,7 @@ def video_traces(video: str | Path, models: Sequence[FoldModel], output_dir: str
     """
     video = Path(video)
     output_dir = Path(output_dir)
+    device = resolve_device(options.device)  # before the slow face detection and VGGish
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output {output_dir} is a file; give a folder (it is created if missing)")
     detector = _detector(options)
@@ -354,7 +355,6 @@ def video_traces(video: str | Path, models: Sequence[FoldModel], output_dir: str
     _report_faces(video, track, used)
     arrays[Modality.FRAME.value] = track.faces
     trial = video.stem
-    device = resolve_device(options.device)
     prediction = predict_ensemble(used, ArrayTrials({trial: arrays}), [trial], statistics, device,
                                   options.batch_size, allow_missing_emotion=True, quiet=options.quiet)
     values = prediction.values(trial)  # (n, 2)

@@ -147,6 +147,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return AUTOCAST_DTYPE[chosen]
 
 
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype with which a run trained in ``precision`` predicts on ``device``.
+
+    The training precision where ``device`` has it (the run's validation CCC was measured with it),
+    else fp32, with a log line (fp16 on the CPU, bf16 on a GPU older than compute capability 8.0).
+    """
+    try:
+        return autocast_dtype(precision, device)
+    except UserError as exc:
+        logger.info("predicting in fp32 on %s: %s", device, exc)
+        return None
+
+
 def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[str, ...]) -> float:
     """Mean partition CCC over ``emotions``: the figure that selects the best epoch."""
     return float(np.mean([metrics[emotion]["ccc"] for emotion in emotions]))
