@@ -31,6 +31,7 @@ from base.training.run_folder import RunFolder, json_safe, read_csv, run_name, w
 from base.training.trainer import (
     Evaluation,
     Trainer,
+    batch_inputs,
     clone_state,
     loss_weights,
     output_emotions,
@@ -88,6 +89,14 @@ def test_single_arousal_output_is_compared_with_the_arousal_label_column():
     perfect = labels[..., 1:2]  # predicts arousal exactly
     assert weighted_ccc_loss(perfect, labels, mask, ("arousal",), (1.0,)).item() == pytest.approx(0.0, abs=1e-6)
     assert weighted_ccc_loss(perfect, labels, mask, ("valence",), (1.0,)).item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_the_model_gets_a_mask_only_for_batches_with_padding():
+    batch = {"mfcc": torch.zeros(2, 3, 39), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    assert set(batch_inputs(batch, ("mfcc",), torch.device("cpu"), 40, train=False)) == {"mfcc"}
+    batch["mask"][1, 2] = False  # the end of a short window
+    inputs = batch_inputs(batch, ("mfcc",), torch.device("cpu"), 40, train=False)
+    assert torch.equal(inputs["mask"], batch["mask"])
 
 
 def test_selection_score_is_the_mean_ccc_of_the_trained_emotions():

@@ -188,7 +188,9 @@ def batch_inputs(
         else:
             values = values.float()  # (B, T, D)
         inputs[name] = values
-    if "mask" in batch:  # (B, T) valid frames: padded ones skip the backbone
+    # (B, T) valid frames: padded ones skip the backbone. Checked on the host before the copy: a batch
+    # without padding (most of them) gets no mask, so the model has no mask count to wait for.
+    if "mask" in batch and not bool(batch["mask"].all()):
         inputs["mask"] = batch["mask"].to(device, non_blocking=True)
     return inputs
 
