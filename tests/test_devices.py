@@ -55,10 +55,18 @@ def test_a_gpu_asked_for_without_one_is_one_error_line_and_a_failing_exit(no_gpu
     assert "--device cpu" in err
 
 
-def test_auto_falls_back_to_the_cpu_with_a_warning(no_gpu, caplog):
-    with caplog.at_level(logging.WARNING, logger="base.training.devices"):
+def test_auto_falls_back_to_the_cpu_and_says_so(no_gpu, caplog, monkeypatch):
+    with caplog.at_level(logging.INFO, logger="base.training.devices"):
         assert resolve_device("auto") == torch.device("cpu")
-    assert "device auto: no usable GPU (torch" in caplog.text and "running on the CPU" in caplog.text
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING  # a CUDA build that finds no GPU: suspicious
+    assert "device auto: no usable GPU (torch" in record.message and "running on the CPU" in record.message
+    caplog.clear()
+    monkeypatch.setattr(torch.version, "cuda", None)  # a CPU-only build: the CPU is what was installed
+    with caplog.at_level(logging.INFO, logger="base.training.devices"):
+        assert resolve_device("auto") == torch.device("cpu")
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO and "built with CUDA none (CPU-only build)" in record.message
 
 
 def test_a_gpu_index_beyond_the_machine_is_an_error(two_gpus):

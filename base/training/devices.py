@@ -2,7 +2,7 @@
 settings that follow from the device (DataLoader workers, cuDNN determinism, CPU threads).
 
 A GPU asked for by name (``cuda``, ``cuda:N``, the authors' ``-gpu N``) that torch cannot use is an
-error that says what torch sees; only ``auto`` falls back to the CPU, with a warning.
+error that says what torch sees; only ``auto`` falls back to the CPU, and says so.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def cuda_report() -> str:
 
 
 def resolve_device(spec: str) -> torch.device:
-    """The device named by ``spec``; ``auto`` is the first GPU when CUDA works, else the CPU (with a warning).
+    """The device named by ``spec``; ``auto`` is the first GPU when CUDA works, else the CPU (logged: a
+    warning when torch is a CUDA build, which should have found one).
 
     Args:
         spec: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -48,8 +49,10 @@ def resolve_device(spec: str) -> torch.device:
     if kind == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda:0")
-        logger.warning("device auto: no usable GPU (%s), running on the CPU; pass --device cuda to make this an "
-                       "error instead", cuda_report())
+        # a CUDA build without a usable GPU is the suspicious case (a driver too old, a GPU not exposed)
+        level = logging.WARNING if torch.version.cuda else logging.INFO
+        logger.log(level, "device auto: no usable GPU (%s), running on the CPU; pass --device cuda to make this "
+                   "an error instead", cuda_report())
         return torch.device("cpu")
     if kind == "cpu":
         return torch.device("cpu")
