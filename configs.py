@@ -157,6 +157,7 @@ class FeatureConfig:
     annotations: str = ""  # VA annotation folder holding Train_Set/ and Validation_Set/ (empty: found in the database)
     video_dirs: tuple[str, ...] = ()  # folders holding the videos (empty: the whole database, recursively)
     test_list: str = ""  # the organisers' list of test trial names, one per line (empty: unannotated folders)
+    vggish_device: str = "cpu"  # cpu: TensorFlow sees no GPU; gpu: VGGish may use the GPUs (memory grown as needed)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,7 @@ class TrainConfig:
     multi_head_weight: float = 10.0
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda or cuda:N
-    num_workers: int = 0
+    num_workers: int = -1  # DataLoader workers; -1 = auto: 0 on the CPU, from the CPU count on CUDA
     cpu_threads: int = 0  # torch CPU threads (the authors' -cpu N); 0 keeps torch's default
     resume: bool = False
     debug: int = 0  # number of trials to load per partition; 0 = all
@@ -232,6 +233,7 @@ class TrainConfig:
     min_epochs_inclusive: bool | None = None  # None: from the recipe
     fold_fusion: str | None = None  # authors or clipped (None: from the recipe)
     tensorboard: bool = False  # also write per-epoch scalars to <run folder>/tensorboard/ (needs tensorboard)
+    deterministic: bool = True  # cuDNN deterministic kernels; False turns on cudnn.benchmark (faster, not repeatable)
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ FIELD_HELP: dict[str, str] = {
                   "cropped_aligned/ skipped)",
     "test_list": "the organisers' test-set list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt, "
                  "one trial name per line); default: cropped_aligned folders without a VA annotation",
+    "vggish_device": "cpu: hide the GPUs from TensorFlow (embeddings as the CPU build computes them, no GPU memory "
+                     "taken); gpu: let VGGish use them (memory allocated as needed)",
     # model
     "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
     "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
@@ -332,7 +336,8 @@ FIELD_HELP: dict[str, str] = {
     "multi_head_weight": "loss weight of the chosen emotion with --head mh",
     "seed": "random seed (python, numpy, torch, shuffling, crops)",
     "device": "auto, cpu, cuda or cuda:N",
-    "num_workers": "DataLoader worker processes",
+    "num_workers": "DataLoader worker processes; -1: auto (none on the CPU; on CUDA the CPUs per rank minus one, "
+                   "at most 8); 0: load in the training process",
     "cpu_threads": "torch CPU threads (the authors' -cpu); 0 keeps torch's default",
     "resume": "continue from the run folder's checkpoint.pt",
     "debug": "load only this many trials per partition (0: all)",
@@ -352,6 +357,7 @@ FIELD_HELP: dict[str, str] = {
                    "<run folder>/tensorboard/ (pip install tensorboard)",
     # predict
     "submission_path": "folder where predict.py test writes the submission",
+    "deterministic": "cuDNN deterministic kernels, autotuner off (repeatable GPU runs); 0: cudnn.benchmark on",
 }
 
 
@@ -499,6 +505,10 @@ def validate(config: Config) -> Config:
         if value is not None and value not in choices:
             shown = " or ".join(map(str, choices))
             raise UserError(f"config key '{key}' must be {shown} (or unset: from the recipe), got {value!r}")
+    if t.num_workers < -1:
+        raise UserError(f"config key 'num_workers' must be -1 (auto), 0 or more, got {t.num_workers}")
+    if config.features.vggish_device not in ("cpu", "gpu"):
+        raise UserError(f"config key 'vggish_device' must be cpu or gpu, got '{config.features.vggish_device}'")
     return config
 
 

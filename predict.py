@@ -230,12 +230,14 @@ def run_validation(args: argparse.Namespace) -> int:
 def run_video(args: argparse.Namespace) -> int:
     from base.prediction.prediction import load_fold_models
     from base.prediction.video_traces import VideoOptions, video_traces
+    from base.training.devices import resolve_device
 
     _check_batch_size(args)
+    device = resolve_device(args.device)  # a missing GPU is reported before faces and VGGish are computed
     options = VideoOptions(
         detector=args.detector, face_margin=args.face_margin, openface_bin=args.openface_bin,
         openface_output=args.openface_output, vggish_checkpoint=args.vggish_checkpoint,
-        dataset_path=args.dataset_path or "", batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+        dataset_path=args.dataset_path or "", batch_size=args.batch_size, device=str(device), quiet=args.quiet,
     )
     if args.face_margin is not None and args.face_margin <= 0:
         raise UserError(f"--face-margin must be positive, got {args.face_margin}")

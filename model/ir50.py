@@ -75,14 +75,32 @@ class SEModule(nn.Module):
         return x * gate
 
 
+class Subsample(nn.Module):
+    """Every ``stride``-th row and column: what ``MaxPool2d(1, stride)`` computes, without its indices.
+
+    The authors' shortcut was a 1x1 max-pool, which dispatches to ``max_pool2d_with_indices`` and
+    writes an int64 index per output value at every forward; the strided view gives bit-identical
+    values. Neither holds parameters, so the state-dict keys are the same.
+    """
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, ceil(H/s), ceil(W/s))
+        return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
 class BottleneckIR(nn.Module):
     """Improved residual unit: BN-Conv3x3-PReLU-Conv3x3(stride)-BN [-SE], plus a shortcut."""
 
     def __init__(self, in_channels: int, depth: int, stride: int, squeeze_excite: bool) -> None:
         super().__init__()
         if in_channels == depth:
-            # A 1x1 max-pool is a parameter-free subsampling by ``stride``.
-            self.shortcut_layer: nn.Module = nn.MaxPool2d(1, stride)
+            self.shortcut_layer: nn.Module = Subsample(stride)  # the authors' MaxPool2d(1, stride)
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)

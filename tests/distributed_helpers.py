@@ -92,3 +92,54 @@ def main_worker(rank: int, world_size: int, port: int, args: list[str], save_roo
     torch.set_num_threads(1)
     set_rank_environment(rank, world_size, port)
     main.main([*args, "--save-path", str(Path(save_root) / f"rank{rank}")])
+
+
+def resume_worker(rank: int, world_size: int, port: int, args: list[str], out_dir: str) -> None:
+    """``run_fold`` as ``main.py`` runs it, three times in one process group: 3 epochs straight (save path
+    ``straight``), 1 epoch (``resumed``: the run killed after epoch 0), then the same run resumed up to 3.
+
+    Each rank pickles its global random states after each run and the zero pattern of the first
+    training dropout outputs of the straight run (``dropout{rank}.pkl``, ``rng{rank}.pkl``).
+    """
+    import torch.distributed as dist
+
+    import main
+    from base.training import cross_validation
+    from base.training.checkpointing import capture_rng_state
+    from base.training.distributed import init_distributed, rank_config, shutdown_distributed
+
+    torch.set_num_threads(1)
+    set_rank_environment(rank, world_size, port)
+    context = init_distributed("cpu")
+    dropped: list[torch.Tensor] = []
+    build_model = cross_validation.build_model
+
+    def record(module, inputs, output) -> None:
+        if module.training and len(dropped) < 4:
+            dropped.append((output == 0).all(dim=-1).clone())  # (B, C): channels Dropout1d zeroed
+
+    def recording_build_model(model_config):
+        model = build_model(model_config)
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+                module.register_forward_hook(record)
+        return model
+
+    try:
+        states = {}
+        for name, save, extra in (("straight", "straight", ["--num-epochs", "3"]),
+                                  ("killed", "resumed", ["--num-epochs", "1"]),
+                                  ("resumed", "resumed", ["--num-epochs", "3", "--resume", "1"])):
+            cross_validation.build_model = recording_build_model if name == "straight" else build_model
+            config = rank_config(main.parse_config([*args, *extra, "--save-path", str(Path(out_dir) / save)]), context)
+            dataset = cross_validation.open_dataset(config)
+            cross_validation.run_fold(config, dataset, 0, context.device, dataset.mean_std(), context)
+            dist.barrier()  # rank 0 has written its checkpoint before any rank resumes from it
+            states[name] = capture_rng_state()
+        with open(Path(out_dir) / f"rng{rank}.pkl", "wb") as handle:
+            pickle.dump(states, handle)
+        with open(Path(out_dir) / f"dropout{rank}.pkl", "wb") as handle:
+            pickle.dump(dropped, handle)
+    finally:
+        cross_validation.build_model = build_model
+        shutdown_distributed()

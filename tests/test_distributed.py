@@ -31,7 +31,14 @@ from base.training.distributed import (
 )
 from base.training.run_folder import read_csv
 from configs import Config
-from tests.distributed_helpers import build_trainer, evaluate_worker, fit_worker, free_port, main_worker
+from tests.distributed_helpers import (
+    build_trainer,
+    evaluate_worker,
+    fit_worker,
+    free_port,
+    main_worker,
+    resume_worker,
+)
 from tests.processed_helpers import make_processed_dataset
 
 # tiny models run fastest on one thread (and do not suffer from a busy machine)
@@ -202,3 +209,37 @@ def test_ranks_stay_in_sync_through_backbone_releases(tmp_path):
     assert stage4
     for key, value in results[0]["model"].items():
         torch.testing.assert_close(results[1]["model"][key], value, atol=0, rtol=0, msg=key)
+
+
+@pytest.mark.slow
+def test_ranks_draw_their_own_dropout_and_a_killed_ddp_run_resumes_exactly_on_every_rank(dataset, tmp_path):
+    # dropout 0.5: rank r seeds with seed + r, so its masks differ from rank 0's; the checkpoint holds
+    # every rank's random states, so the run killed after epoch 0 and resumed ends where the straight
+    # one ends, on every rank (a rank restored with rank 0's states would average other gradients).
+    args = audio_args(dataset, "--batch-size", "2", "--cnn1d-dropout", "0.5")
+    run_ranks(resume_worker, args, str(tmp_path))
+    dropped = []
+    for rank in range(WORLD_SIZE):
+        with open(tmp_path / f"dropout{rank}.pkl", "rb") as handle:
+            dropped.append(pickle.load(handle))
+    assert len(dropped[0]) == 4 and all(mask.any() for mask in dropped[0])
+    assert any(not torch.equal(a, b) for a, b in zip(dropped[0], dropped[1], strict=True))
+
+    (straight_run,) = [p for p in (tmp_path / "straight").iterdir() if p.is_dir()]
+    (resumed_run,) = [p for p in (tmp_path / "resumed").iterdir() if p.is_dir()]
+    straight = torch.load(straight_run / "checkpoint.pt", weights_only=True)
+    resumed = torch.load(resumed_run / "checkpoint.pt", weights_only=True)
+    assert straight["state"]["next_epoch"] == resumed["state"]["next_epoch"] == 3
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in straight["state"]["history"]]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed["state"]["history"]] == strip
+    assert len(straight["rank_rng"]) == WORLD_SIZE
+    assert not torch.equal(straight["rank_rng"][0]["torch"], straight["rank_rng"][1]["torch"])
+    for rank in range(WORLD_SIZE):
+        for key in ("torch", "generator"):
+            assert torch.equal(resumed["rank_rng"][rank][key], straight["rank_rng"][rank][key]), (rank, key)
+        with open(tmp_path / f"rng{rank}.pkl", "rb") as handle:
+            states = pickle.load(handle)
+        assert torch.equal(states["resumed"]["torch"], states["straight"]["torch"]), rank
+        assert states["resumed"]["python"] == states["straight"]["python"], rank

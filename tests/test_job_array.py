@@ -55,8 +55,32 @@ def test_main_arguments_come_from_the_environment_and_parse():
     assert (defaults.train.dataset_path, defaults.train.save_path, defaults.train.stamp) == ("Affwild2_processed", "runs", "array")
     assert defaults.model.backbone_checkpoint == "" and defaults.train.resume
     assert main.parse_config(main_arguments(array_task(0), {"RESUME": "0", "NCPUS": "4"})).train.cpu_threads == 4
+    assert defaults.train.device == "cuda"  # a GPU job never falls back to the CPU silently
+    assert main.parse_config(main_arguments(array_task(0), {"DEVICE": "cpu"})).train.device == "cpu"
     with pytest.raises(UserError, match="EXTRA_ARGS could not be split"):
         main_arguments(array_task(0), {"EXTRA_ARGS": "--stamp 'unclosed"})
+
+
+def test_threads_are_shared_among_the_ranks_of_a_task():
+    def threads(**environ):
+        return main.parse_config(main_arguments(array_task(0), environ)).train.cpu_threads
+
+    assert threads(SLURM_CPUS_PER_TASK="16", NPROC_PER_NODE="4") == 4
+    assert threads(NCPUS="8", NPROC_PER_NODE="3") == 2
+    assert threads(SLURM_CPUS_PER_TASK="2", NPROC_PER_NODE="4") == 1  # at least one
+    assert threads(SLURM_CPUS_PER_TASK="16", NPROC_PER_NODE="4", CPU_THREADS="3") == 3  # per rank, as given
+    assert threads() == 0  # no scheduler: torch's default
+    with pytest.raises(UserError, match="NPROC_PER_NODE must be a positive integer, got 'two'"):
+        main_arguments(array_task(0), {"NCPUS": "8", "NPROC_PER_NODE": "two"})
+
+
+def test_python_m_base_job_array_passes_a_device():
+    env = {key: value for key, value in os.environ.items() if key != "DEVICE"}
+    result = subprocess.run([sys.executable, "-m", "base.job_array", "0"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[lines.index("--device") + 1] == "cuda"
 
 
 def test_the_module_prints_one_argument_per_line(capsys):
@@ -85,7 +109,7 @@ def run_script(script: str, index_variable: str, index: int, dataset: Path, save
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith(("SLURM_", "PBS_"))},
         index_variable: str(index), "PROJECT_DIR": str(ROOT), "PYTHON": sys.executable, "DATASET_PATH": str(dataset),
-        "SAVE_PATH": str(save), "STAMP": "test", "CPU_THREADS": "1",
+        "SAVE_PATH": str(save), "STAMP": "test", "CPU_THREADS": "1", "DEVICE": "cpu",
         "EXTRA_ARGS": "--modality mfcc --window-length 8 --hop-length 4 --batch-size 4 --num-epochs 1 --learning-rate 1e-3",
     }
     return subprocess.run(["bash", str(ROOT / script)], cwd=save.parent, env=env, capture_output=True, text=True,

@@ -90,7 +90,7 @@ def test_backbone_from_the_authors_load_path_flags(tmp_path):
 def test_gpu_and_cpu_flags_and_ignored_cluster_flags():
     config = main.parse_config(["-gpu", "1", "-cpu", "2", "-high_performance_cluster", "1",
                                 "-python_package_path", "/somewhere"])
-    assert config.train.device == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    assert config.train.device == "cuda:1"  # no silent CPU fallback: without a GPU, resolving it is an error
     assert config.train.cpu_threads == 2
     assert main.parse_config(["-gpu", "1", "--device", "cpu"]).train.device == "cpu"  # --device wins
 

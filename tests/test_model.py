@@ -25,6 +25,7 @@ from model import (
 )
 from model.freezing import release_groups_for
 from model.fusion import LeaderFollowerFusion, attend_across_modalities
+from model.ir50 import Subsample
 from model.tcn import TemporalConvNet, causal_padding
 
 # tiny models run fastest on one thread (and do not suffer from a busy machine)
@@ -115,8 +116,47 @@ def test_ir50_key_layout_matches_arcface():
     for key, shape in expected_shapes.items():
         assert tuple(state[key].shape) == shape, key
     assert {int(k.split(".")[1]) for k in state if k.startswith("body.")} == set(range(24))
-    assert not any(k.startswith(("body.0.shortcut_layer", "body.4.shortcut_layer")) for k in state)  # max-pools
+    assert not any(k.startswith(("body.0.shortcut_layer", "body.4.shortcut_layer")) for k in state)  # parameter-free
     assert not any(".fc1." in k for k in IR50("ir").state_dict())
+
+
+def with_max_pool_shortcuts(backbone: IR50) -> IR50:
+    """A copy with the authors' parameter-free shortcut, ``MaxPool2d(1, stride)``, where ours subsamples."""
+    old = copy.deepcopy(backbone)
+    for unit in old.body:
+        if isinstance(unit.shortcut_layer, Subsample):
+            unit.shortcut_layer = torch.nn.MaxPool2d(1, unit.shortcut_layer.stride)
+    return old
+
+
+@pytest.mark.parametrize(("mode", "channels_last"), [("ir", False), ("ir", True), ("ir_se", False)])
+def test_strided_slice_shortcut_equals_the_authors_max_pool_bit_for_bit(backbones, mode, channels_last):
+    new = copy.deepcopy(backbones[mode])
+    old = with_max_pool_shortcuts(new)
+    assert sum(isinstance(unit.shortcut_layer, torch.nn.MaxPool2d) for unit in old.body) == 21  # of 24 units
+    assert list(old.state_dict()) == list(new.state_dict())  # same keys, same order
+    old.load_state_dict(new.state_dict(), strict=True)
+    if channels_last:
+        new, old = new.to(memory_format=torch.channels_last), old.to(memory_format=torch.channels_last)
+    frames = torch.rand(3, 3, 40, 40, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    if channels_last:
+        frames = frames.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert (new(frames) - old(frames)).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("side", [5, 10, 11, 56])
+def test_strided_subsampling_equals_a_1x1_max_pool(side):
+    # 40 px faces subsample with stride 1 only; 112 px ones (ArcFace) use stride 2 in body.0
+    x = torch.randn(2, 4, side, side, generator=torch.Generator().manual_seed(side))
+    x[0, 0, 0, 0] = float("nan")
+    for stride in (1, 2):
+        for tensor in (x, x.contiguous(memory_format=torch.channels_last)):
+            expected = torch.nn.MaxPool2d(1, stride)(tensor)
+            got = Subsample(stride)(tensor)
+            assert got.shape == expected.shape and torch.equal(got.nan_to_num(7.0), expected.nan_to_num(7.0))
+    shortcut = IR50("ir", input_size=112).body[0].shortcut_layer
+    assert isinstance(shortcut, Subsample) and shortcut.stride == 2
 
 
 def test_ir50_body_maps_40px_faces_to_5x5(backbones):

@@ -31,6 +31,24 @@ def test_precision_names_map_to_autocast_dtypes():
         autocast_dtype("half", CPU)
 
 
+@pytest.mark.parametrize(("capability", "accepted"), [((7, 5), False), ((7, 0), False), ((8, 0), True), ((9, 0), True)])
+def test_bf16_on_a_gpu_needs_compute_capability_8_of_the_training_device(monkeypatch, capability, accepted):
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    training_device = torch.device("cuda:1")  # not the current device (cuda:0)
+    if accepted:
+        assert autocast_dtype("bf16", training_device) is torch.bfloat16
+    else:
+        with pytest.raises(UserError) as error:
+            autocast_dtype("bf16", training_device)
+        message = str(error.value)
+        assert "\n" not in message and message.startswith("precision bf16 needs a GPU of compute capability 8.0")
+        assert f"Tesla T4 (cuda:1) is {capability[0]}.{capability[1]}" in message
+        assert message.endswith("use --precision fp16")
+    assert asked == [training_device]
+
+
 def frame_batch(n_windows: int = 2, n_frames: int = 3) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
     frames = torch.rand(n_windows, n_frames, 3, 40, 40, generator=generator) * 2 - 1  # (B, T, 3, 40, 40)

@@ -197,6 +197,36 @@ def test_a_trial_shorter_than_a_window_and_a_time_delay(dataset):
     assert outputs[:, 0].tolist() == [0, 0, 0, 1, 2]  # row t is the output of frame t - 2
 
 
+class AutocastProbe(ProbeModel):
+    """``ProbeModel`` that records the autocast dtype of each CPU forward (None: autocast off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: list[torch.dtype | None] = []
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.dtypes.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return super().forward(inputs)
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", None), ("bf16", torch.bfloat16), ("fp16", None)])
+def test_a_run_predicts_in_its_training_precision_where_the_device_has_it(dataset, precision, expected):
+    config = tiny_config(dataset, modality=["mfcc"], emotion="both", window_length=8, hop_length=4,
+                         precision=precision)
+    mean_std = {"mfcc": {0: {"Target_Set": {"mean": 0.0, "std": 1.0}}}}
+    model = AutocastProbe()
+    predict_trials(probe(config, model), ArrayTrials({"c": {"mfcc": np.zeros((12, 39), np.float32)}}), ["c"],
+                   mean_std, CPU)
+    assert model.dtypes and set(model.dtypes) == {expected}  # fp16 has no CPU autocast here: fp32
+
+
+def test_predict_video_checks_the_device_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="device 'cuda' needs a GPU, but torch cannot use one here"):
+        predict.main(["video", str(tmp_path / "missing.mp4"), "--runs", str(tmp_path / "no_runs"), "--output",
+                      str(tmp_path / "out"), "--device", "cuda"])
+
+
 def test_features_without_statistics_are_refused(dataset):
     config = tiny_config(dataset, modality=["mfcc"], emotion="valence")
     with pytest.raises(UserError, match="need the mean_std_dict.pkl of the dataset it was trained on"):

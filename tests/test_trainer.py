@@ -3,6 +3,7 @@ early stopping, checkpoints, run folders, devices, and the per-partition z-scori
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from pathlib import Path
@@ -20,6 +21,7 @@ from base.training.checkpointing import (
     check_resumable,
     config_differences,
     load_torch_file,
+    reseed,
     restore_rng_state,
 )
 from base.training.cross_validation import FoldResult, ccc_line, fold_partitions, format_summary, summary_rows
@@ -29,6 +31,7 @@ from base.training.run_folder import RunFolder, json_safe, read_csv, run_name, w
 from base.training.trainer import (
     Evaluation,
     Trainer,
+    batch_inputs,
     clone_state,
     loss_weights,
     output_emotions,
@@ -86,6 +89,14 @@ def test_single_arousal_output_is_compared_with_the_arousal_label_column():
     perfect = labels[..., 1:2]  # predicts arousal exactly
     assert weighted_ccc_loss(perfect, labels, mask, ("arousal",), (1.0,)).item() == pytest.approx(0.0, abs=1e-6)
     assert weighted_ccc_loss(perfect, labels, mask, ("valence",), (1.0,)).item() == pytest.approx(2.0, abs=1e-6)
+
+
+def test_the_model_gets_a_mask_only_for_batches_with_padding():
+    batch = {"mfcc": torch.zeros(2, 3, 39), "mask": torch.ones(2, 3, dtype=torch.bool)}
+    assert set(batch_inputs(batch, ("mfcc",), torch.device("cpu"), 40, train=False)) == {"mfcc"}
+    batch["mask"][1, 2] = False  # the end of a short window
+    inputs = batch_inputs(batch, ("mfcc",), torch.device("cpu"), 40, train=False)
+    assert torch.equal(inputs["mask"], batch["mask"])
 
 
 def test_selection_score_is_the_mean_ccc_of_the_trained_emotions():
@@ -259,6 +270,35 @@ def test_a_restored_trainer_continues_like_the_uninterrupted_one(mfcc_dataset, t
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_a_checkpoint_with_the_other_devices_generator_state_resumes_with_a_warning(mfcc_dataset, tmp_path, caplog):
+    first = scripted_trainer(mfcc_dataset, tmp_path / "a", scores=[0.5], num_epochs=1)
+    assert first.generator.device.type == "cpu"  # whatever the training device: its state fits every resume
+    first.fit()
+    checkpoint = load_torch_file(first.run.checkpoint)
+    assert checkpoint["rng"]["generator"].numel() == 5056  # a CPU generator's state
+    checkpoint["rng"]["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    resumed = scripted_trainer(mfcc_dataset, tmp_path / "b", scores=[0.5], num_epochs=2)
+    with caplog.at_level(logging.WARNING, logger="base.training.trainer"):
+        resumed.restore(checkpoint)
+    assert "does not fit this run's CPU generator (16 bytes, not 5056" in caplog.text
+    expected = torch.Generator().manual_seed(reseed(resumed.config.train.seed, 0, 1))  # seed, rank 0, epoch 1
+    assert torch.equal(resumed.generator.get_state(), expected.get_state())
+    assert len(resumed.fit().history) == 2
+
+
+def test_a_non_finite_epoch_loss_is_a_user_error(mfcc_dataset, tmp_path):
+    config = apply_overrides(Config(), {"model": {"modality": ["mfcc"]},
+                                        "train": {"window_length": 8, "hop_length": 4, "quiet": True}})
+    train_part, validation_part = fold_partitions(mfcc_dataset, config, 0, mfcc_dataset.mean_std())
+    model = StubModel()
+    with torch.no_grad():
+        model.head.bias.fill_(math.nan)
+    trainer = Trainer(model, config, torch.device("cpu"), RunFolder(tmp_path / "run").create(), train_part,
+                      validation_part)
+    with pytest.raises(UserError, match="the training loss of epoch 0 became nan; check the features"):
+        trainer.train_epoch(0)
+
+
 # ----------------------------------------------------------------------------- z-scoring per partition
 
 
@@ -354,6 +394,6 @@ def test_device_names():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
 def test_cuda_without_cuda_is_a_clear_error():
-    with pytest.raises(UserError, match="CUDA is not available"):
+    with pytest.raises(UserError, match="device 'cuda:0' needs a GPU, but torch cannot use one here"):
         resolve_device("cuda:0")
-    assert gpu_index_to_device(1) == "cpu"
+    assert gpu_index_to_device(1) == "cuda:1"  # no silent CPU fallback: resolve_device refuses it

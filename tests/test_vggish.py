@@ -6,6 +6,7 @@ the 288 MB random checkpoints are written once per module.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import soundfile
 
 from base.errors import UserError
+from configs import Config, apply_overrides
 from vggish import params
 from vggish.checkpoint import (
     PcaParams,
@@ -374,3 +376,38 @@ def test_extractor_settings_and_corrupt_data_are_user_errors(checkpoints, tmp_pa
         handle.truncate(10_000_000)
     with pytest.raises(UserError, match="is truncated: vggish_model.ckpt.data-00000-of-00001 ends before"):
         check_checkpoint(copy)
+
+
+# ----------------------------------------------------------------------------- device
+
+
+def test_a_vggish_worker_hides_the_gpus_before_tensorflow_loads_unless_asked(monkeypatch):
+    import vggish
+    from base.preprocessing import preprocess
+
+    built = []
+    monkeypatch.setattr(vggish, "VggishExtractor", lambda *args, **kwargs: built.append(kwargs))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after the test
+    preprocess._init_vggish("ckpt", None, 64, 1, "gpu")
+    assert built[-1]["device"] == "gpu" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    preprocess._init_vggish("ckpt", None, 64, 1)  # the default: cpu
+    assert built[-1]["device"] == "cpu" and os.environ["CUDA_VISIBLE_DEVICES"] == "-1"
+    with pytest.raises(UserError, match="VGGish device must be cpu or gpu, got 'cuda'"):
+        preprocess._init_vggish("ckpt", None, 64, 1, "cuda")
+    with pytest.raises(UserError, match="config key 'vggish_device' must be cpu or gpu, got 'cuda'"):
+        apply_overrides(Config(), {"vggish_device": "cuda"})
+    assert Config().features.vggish_device == "cpu"
+
+
+@pytest.mark.slow  # needs TensorFlow
+def test_the_vggish_device_reaches_the_tensorflow_session(extractor, checkpoints):
+    from vggish.slim_model import import_tensorflow
+
+    assert extractor.device == "cpu"
+    assert extractor.session_config.device_count["GPU"] == 0 and not extractor.session_config.gpu_options.allow_growth
+    assert import_tensorflow().config.get_visible_devices("GPU") == []
+    assert extractor.session_config.intra_op_parallelism_threads == 1
+    with VggishExtractor(str(checkpoints["v2"]), num_threads=1, device="gpu") as on_gpu:
+        assert on_gpu.session_config.gpu_options.allow_growth and "GPU" not in on_gpu.session_config.device_count
+        patches = np.random.default_rng(0).normal(size=(3, 96, 64)).astype(np.float32)
+        np.testing.assert_array_equal(on_gpu.embed_patches(patches), extractor.embed_patches(patches))  # no GPU here

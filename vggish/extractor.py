@@ -6,12 +6,17 @@ computed once, and video frame i gets the 96-frame (0.96 s) patch that starts at
 through the network ``batch_size`` at a time, so memory does not grow with the video's length
 (the original fed a whole video at once and needed about 10 GB).
 
-TensorFlow is imported when an extractor is built, never at import time.
+TensorFlow is imported when an extractor is built, never at import time. It runs on the CPU
+unless ``device="gpu"``: then TensorFlow may use the GPUs, allocating their memory as it needs it
+instead of mapping nearly all of it (several VGGish workers share a GPU that way, and training can
+still get one), but the embeddings are then the GPU kernels' and differ slightly from the CPU build's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +29,42 @@ from vggish.checkpoint import PcaParams, check_checkpoint, load_pca_params
 from vggish.mel_features import log_mel_spectrogram
 
 logger = logging.getLogger(__name__)
+
+VGGISH_DEVICES = ("cpu", "gpu")  # FeatureConfig.vggish_device
+
+
+def check_device(device: str) -> str:
+    """``device`` when it is ``cpu`` or ``gpu``; else a UserError."""
+    if device not in VGGISH_DEVICES:
+        raise UserError(f"VGGish device must be cpu or gpu, got '{device}'")
+    return device
+
+
+def hide_gpus(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Hide every GPU from CUDA in this process (``CUDA_VISIBLE_DEVICES=-1``).
+
+    Only for a process that does nothing but VGGish (a preprocessing worker), and before TensorFlow
+    is imported: torch in the same process would lose the GPUs too.
+    """
+    environ["CUDA_VISIBLE_DEVICES"] = "-1"
+
+
+def session_config(tf: Any, device: str, num_threads: int) -> Any:
+    """TensorFlow session options: the thread counts, and no GPU (``cpu``) or GPU memory grown on demand (``gpu``)."""
+    config = tf.ConfigProto(intra_op_parallelism_threads=num_threads, inter_op_parallelism_threads=num_threads)
+    if check_device(device) == "cpu":
+        config.device_count["GPU"] = 0
+    else:
+        config.gpu_options.allow_growth = True
+    return config
+
+
+def _hide_gpus_from_tensorflow(tf: Any) -> None:
+    """No GPU for this TensorFlow process (the session options alone still let it initialise CUDA)."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised: the session's device_count still keeps VGGish off the GPUs
+        logger.debug("TensorFlow's devices were already initialised; VGGish relies on its session options")
 
 
 def patch_starts(
@@ -126,6 +167,7 @@ class VggishExtractor:
         batch_size: int = 256,
         num_threads: int = 1,
         postprocess: bool = False,
+        device: str = "cpu",
     ) -> None:
         """Check the files, build the graph and restore the weights.
 
@@ -138,6 +180,7 @@ class VggishExtractor:
             num_threads: TensorFlow intra- and inter-op threads (0: TensorFlow decides).
             postprocess: return the AudioSet-style PCA-whitened, 8-bit quantized embedding (values
                 0..255, as float32) instead of the raw pre-PCA embedding the authors stored.
+            device: ``cpu`` (TensorFlow sees no GPU) or ``gpu`` (GPUs allowed, memory grown as needed).
 
         Raises:
             UserError: a file is missing or wrong, or a setting is out of range.
@@ -147,6 +190,7 @@ class VggishExtractor:
         if num_threads < 0:
             raise UserError(f"VGGish threads must be 0 (automatic) or more, got {num_threads}")
         self.batch_size = batch_size
+        self.device = check_device(device)
         self._session: Any = None
         # vggish.pth is read (with torch) before TensorFlow is imported; a TF checkpoint is restored
         torch_values = (torch_weights.load_slim_variables(checkpoint_path)
@@ -160,14 +204,14 @@ class VggishExtractor:
         from vggish import slim_model
 
         tf = slim_model.import_tensorflow()
+        if self.device == "cpu":
+            _hide_gpus_from_tensorflow(tf)
         self._graph = tf.Graph()
         with self._graph.as_default():
             self._features, self._embedding = slim_model.define_vggish()
             saver = tf.train.Saver(var_list=slim_model.vggish_variables(self._graph))
-        config = tf.ConfigProto(
-            intra_op_parallelism_threads=num_threads, inter_op_parallelism_threads=num_threads
-        )
-        self._session = tf.Session(graph=self._graph, config=config)
+        self.session_config = session_config(tf, self.device, num_threads)
+        self._session = tf.Session(graph=self._graph, config=self.session_config)
         try:
             with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
                 if torch_values is None:
@@ -181,7 +225,7 @@ class VggishExtractor:
                 f"VGGish checkpoint {checkpoint_path} could not be restored ({reason}); {params.RELEASE_HINT}"
             ) from None
         self._graph.finalize()
-        logger.debug("VGGish restored from %s (batch %d, %d threads)", prefix, batch_size, num_threads)
+        logger.debug("VGGish restored from %s (batch %d, %d threads, %s)", prefix, batch_size, num_threads, self.device)
 
     # ------------------------------------------------------------------------- embedding
 

@@ -27,7 +27,8 @@ def prepare_frames(
         frames: (B, T, H, W, 3) uint8, on any device.
         crop: side of the square crop (40 for the 48x48 frames).
         train: random crop and flip per window; else the centre crop.
-        generator: random generator for the crop/flip (on the CPU or on the frames' device).
+        generator: random generator for the crop/flip (the trainer's is on the CPU; one on the frames'
+            device works too).
 
     Returns:
         (B, T, 3, crop, crop) float32 on the frames' device, values in [-1, 1].
@@ -43,7 +44,8 @@ def prepare_frames(
         top = torch.randint(0, height - crop + 1, (n_windows,), generator=generator, device=draw_device)
         left = torch.randint(0, width - crop + 1, (n_windows,), generator=generator, device=draw_device)
         flip = torch.randint(0, 2, (n_windows,), generator=generator, device=draw_device).bool()
-        top, left, flip = top.to(frames.device), left.to(frames.device), flip.to(frames.device)
+        # small host-to-device copies that do not wait for the GPU (the draws' memory is staged at once)
+        top, left, flip = (t.to(frames.device, non_blocking=True) for t in (top, left, flip))
         offsets = torch.arange(crop, device=frames.device)
         rows = top[:, None] + offsets  # (B, crop)
         cols = left[:, None] + torch.where(flip[:, None], crop - 1 - offsets, offsets)  # (B, crop)

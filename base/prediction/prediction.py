@@ -42,8 +42,15 @@ from base.data.windowing import overlap_average
 from base.errors import UserError
 from base.training.checkpointing import load_torch_file
 from base.training.cross_validation import fold_trials, needs_statistics
+from base.training.devices import loader_workers
 from base.training.metrics import ccc_centering, evaluate_partition
-from base.training.trainer import LABEL_COLUMN, batch_inputs, output_emotions, trained_emotions
+from base.training.trainer import (
+    LABEL_COLUMN,
+    batch_inputs,
+    inference_dtype,
+    output_emotions,
+    trained_emotions,
+)
 from configs import EMOTIONS, Config, Modality, from_dict, resolve_recipe
 from model import IR50, assemble_model, plan_modalities
 
@@ -290,6 +297,9 @@ def predict_trials(
 ) -> dict[str, np.ndarray]:
     """Overlap-averaged outputs of one fold model on every trial (evaluation mode, centre crops).
 
+    The model runs in the run's training precision where ``device`` supports it (``inference_dtype``),
+    with the run's DataLoader workers (``num_workers``, -1: auto) and pinned memory on CUDA.
+
     Args:
         fold_model: the run.
         dataset: a processed dataset or in-memory trials.
@@ -315,12 +325,17 @@ def predict_trials(
         mean_std=mean_std if needs_statistics(fold_model.modalities) else None, fold=fold_model.fold,
         stats_partition=stats_partition or config.train.test_statistics, with_labels=False,
     )
-    loader = make_loader(windows, batch_size=batch_size or config.train.batch_size, shuffle=False)
+    loader = make_loader(windows, batch_size=batch_size or config.train.batch_size, shuffle=False,
+                         num_workers=loader_workers(config.train.num_workers, device),
+                         pin_memory=device.type == "cuda")
+    amp_dtype = inference_dtype(config.train.precision, device)
     model = fold_model.model.to(device).eval()
     pieces: dict[int, list[tuple[int, int, np.ndarray]]] = {}
     for batch in tqdm(loader, desc=f"predict {fold_model.name}", leave=False, disable=quiet):
         inputs = batch_inputs(batch, fold_model.modalities, device, config.model.crop_size, train=False)
-        outputs = model(inputs).float().cpu().numpy()  # (B, T, C)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(inputs)
+        outputs = outputs.float().cpu().numpy()  # (B, T, C)
         for row, trial_index in enumerate(batch["trial_index"].tolist()):
             pieces.setdefault(trial_index, []).append(
                 (int(batch["start"][row]), int(batch["length"][row]), outputs[row]))

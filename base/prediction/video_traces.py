@@ -324,6 +324,7 @@ def video_traces(video: str | Path, models: Sequence[FoldModel], output_dir: str
     """
     video = Path(video)
     output_dir = Path(output_dir)
+    device = resolve_device(options.device)  # before the slow face detection and VGGish
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"output {output_dir} is a file; give a folder (it is created if missing)")
     detector = _detector(options)
@@ -360,7 +361,6 @@ def video_traces(video: str | Path, models: Sequence[FoldModel], output_dir: str
     _report_faces(video, track, used)
     arrays[Modality.FRAME.value] = track.faces
     trial = video.stem
-    device = resolve_device(options.device)
     prediction = predict_ensemble(used, ArrayTrials({trial: arrays}), [trial], statistics, device,
                                   options.batch_size, allow_missing_emotion=True, quiet=options.quiet)
     values = prediction.values(trial)  # (n, 2)
@@ -394,7 +394,8 @@ def _extract(video: Path, n_frames: int, fps: float, detector: Detector, audio_n
             audio_future.result()
             if vggish_checkpoint:
                 with ProcessPoolExecutor(1, mp_context=context, initializer=_init_vggish,
-                                         initargs=(vggish_checkpoint, None, features.vggish_batch_size, 0)) as pool:
+                                         initargs=(vggish_checkpoint, None, features.vggish_batch_size, 0,
+                                                   features.vggish_device)) as pool:
                     pool.submit(vggish_stage, str(cache), fps, n_frames).result()
             arrays.update(sample_audio_features(cache, audio_names, n_frames, fps, features.opensmile_hop_s))
     finally:

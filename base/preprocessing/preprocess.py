@@ -122,11 +122,17 @@ def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, 
 _EXTRACTOR = None
 
 
-def _init_vggish(checkpoint: str, pca_params: str | None, batch_size: int, num_threads: int) -> None:
+def _init_vggish(checkpoint: str, pca_params: str | None, batch_size: int, num_threads: int,
+                 device: str = "cpu") -> None:
+    """Initializer of a VGGish worker process: hide the GPUs unless asked (before TensorFlow loads), restore."""
     global _EXTRACTOR
     from vggish import VggishExtractor
+    from vggish.extractor import check_device, hide_gpus
 
-    _EXTRACTOR = VggishExtractor(checkpoint, pca_params, batch_size=batch_size, num_threads=num_threads)
+    if check_device(device) == "cpu":
+        hide_gpus()
+    _EXTRACTOR = VggishExtractor(checkpoint, pca_params, batch_size=batch_size, num_threads=num_threads,
+                                 device=device)
 
 
 def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
@@ -337,7 +343,8 @@ def _run_pools(pending: dict[str, list[Trial]], output: Path, features: FeatureC
     with ProcessPoolExecutor(n_audio_workers, mp_context=context) as pool_a, \
             ProcessPoolExecutor(n_vggish_workers, mp_context=context, initializer=_init_vggish,
                                 initargs=(vggish_source.checkpoint, vggish_source.pca_params,
-                                          features.vggish_batch_size, vggish_threads)) as pool_b:
+                                          features.vggish_batch_size, vggish_threads,
+                                          features.vggish_device)) as pool_b:
         futures: dict[Future, tuple[str, str, Any]] = {}
         for video, video_trials in pending.items():
             cache = str(cache_root / video)

@@ -23,7 +23,7 @@ from base.errors import UserError
 RESUME_FREE_KEYS = frozenset({
     "dataset_path", "save_path", "fold", "num_epochs", "min_num_epochs", "early_stopping", "device",
     "num_workers", "cpu_threads", "resume", "quiet", "save_model", "n_plot_trials",
-    "backbone_checkpoint", "random_backbone", "backbone_chunk_size",
+    "backbone_checkpoint", "random_backbone", "backbone_chunk_size", "deterministic",
     "tensorboard",
 })
 RESUME_CHECKED_SECTIONS = ("model", "train")
@@ -73,8 +73,13 @@ def capture_rng_state(generator: torch.Generator | None = None) -> dict[str, Any
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any], generator: torch.Generator | None = None) -> None:
-    """Put back the random states recorded by ``capture_rng_state``."""
+def restore_rng_state(state: Mapping[str, Any], generator: torch.Generator | None = None) -> bool:
+    """Put back the random states recorded by ``capture_rng_state``.
+
+    Returns False when ``state`` holds a generator state that does not fit ``generator`` (one of
+    another device type: a CPU generator's state is 5056 bytes, a CUDA one's 16); ``generator`` is
+    then left as it is, for the caller to reseed. True otherwise.
+    """
     random.setstate(_as_python_random_state(state["python"]))
     numpy_state = state["numpy"]
     np.random.set_state({
@@ -86,8 +91,17 @@ def restore_rng_state(state: Mapping[str, Any], generator: torch.Generator | Non
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if generator is not None and state["generator"] is not None:
-        generator.set_state(state["generator"])
+    if generator is None or state["generator"] is None:
+        return True
+    return restore_generator_state(generator, state["generator"])
+
+
+def restore_generator_state(generator: torch.Generator, state: torch.Tensor) -> bool:
+    """``generator.set_state(state)`` when ``state`` is the state of that kind of generator; else False."""
+    if state.dtype != torch.uint8 or state.numel() != generator.get_state().numel():
+        return False
+    generator.set_state(state)
+    return True
 
 
 def _as_python_random_state(value: Any) -> tuple:
@@ -101,6 +115,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one DDP rank (dropout, crops): ``seed + rank``, so rank 0 (and a single process) keeps ``seed``."""
+    return seed + rank
+
+
+def reseed(seed: int, rank: int, epoch: int) -> int:
+    """A fresh seed from the run's seed, the rank and the epoch, for random states a checkpoint cannot give back."""
+    return int(np.random.SeedSequence((seed, rank, epoch)).generate_state(1)[0])
 
 
 # ----------------------------------------------------------------------------- compatibility

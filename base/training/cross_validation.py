@@ -27,8 +27,8 @@ from base.data.dataset import WindowDataset
 from base.data.folds import TRAIN_PARTITION, VALIDATION_PARTITION, check_fold, fold_split
 from base.data.processed import ProcessedDataset
 from base.errors import UserError
-from base.training.checkpointing import check_resumable, load_torch_file, seed_everything
-from base.training.devices import resolve_device
+from base.training.checkpointing import check_resumable, load_torch_file, rank_seed, seed_everything
+from base.training.devices import resolve_device, set_determinism
 from base.training.distributed import DistributedContext
 from base.training.plots import plot_learning_curves, plot_traces
 from base.training.run_folder import cv_summary_path, run_folder, write_csv, write_json
@@ -147,7 +147,8 @@ def run_fold(
     elif run.checkpoint.is_file():
         logger.warning("fold %d: overwriting the run in %s (pass --resume 1 to continue it)", fold, run.path)
 
-    seed_everything(config.train.seed)
+    seed_everything(rank_seed(config.train.seed, context.rank if context is not None else 0))  # dropout per rank
+    set_determinism(config.train.deterministic)
     model_config = config.model
     if checkpoint is not None:  # the checkpoint holds every weight: no backbone file needed
         model_config = dataclasses.replace(model_config, backbone_checkpoint="", random_backbone=True)

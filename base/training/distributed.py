@@ -13,6 +13,10 @@
   decisions (best epoch, learning rate, early stopping, backbone release);
 * BatchNorm statistics are per rank, as DDP keeps them (rank 0's are broadcast before each
   forward); after each training epoch every rank takes rank 0's (``broadcast_buffers``);
+* random streams are per rank: rank r seeds dropout and the crop/flip generator with ``seed + r``
+  (``base.training.checkpointing.rank_seed``), the initial weights are rank 0's (``broadcast_weights``),
+  and the checkpoint holds every rank's random states (``all_gather_objects``), so that a resumed
+  run continues exactly on every rank;
 * only rank 0 writes files, logs at INFO level and shows progress bars (``rank_config``).
 
 With ``WORLD_SIZE`` unset or 1 nothing here changes the single-process run.
@@ -95,7 +99,10 @@ def init_distributed(device_spec: str, environ: Mapping[str, str] | None = None)
     environ = os.environ if environ is None else environ
     rank, world_size, local_rank = ranks_from_env(environ)
     if world_size == 1:
-        return DistributedContext(device=resolve_device(device_spec))
+        device = resolve_device(device_spec)
+        if device.type == "cuda":  # kernels and the caching allocator then run on cuda:N, not on cuda:0
+            torch.cuda.set_device(device)
+        return DistributedContext(device=device)
     device = rank_device(device_spec, local_rank)
     if not dist.is_initialized():
         if device.type == "cuda":
@@ -191,6 +198,24 @@ def broadcast_buffers(model: nn.Module, context: DistributedContext) -> None:
         return
     for buffer in model.buffers():
         dist.broadcast(buffer.data, src=0)
+
+
+def broadcast_weights(model: nn.Module, context: DistributedContext) -> None:
+    """Give every rank rank 0's parameters and buffers (each rank drew its own initial weights)."""
+    if not context.is_distributed:
+        return
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def all_gather_objects(value: Any, context: DistributedContext) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` when not distributed); every rank must call it."""
+    if not context.is_distributed:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def sum_across_ranks(values: tuple[float, ...], context: DistributedContext) -> tuple[float, ...]:

@@ -16,8 +16,12 @@ arguments of that index, one per line. Paths and settings come from environment 
     STAMP                last part of every run folder name (default: array)
     RESUME               1: continue a run from its checkpoint.pt when it has one (default: 1, so a
                          requeued task resumes; a first run starts from scratch)
-    CPU_THREADS          torch CPU threads (default: SLURM_CPUS_PER_TASK, else PBS's NCPUS, else torch's)
-    NUM_WORKERS          DataLoader worker processes (default: the config's)
+    DEVICE               cuda, cuda:N, cpu or auto (default: cuda, so a node without a usable GPU
+                         fails at once instead of training on the CPU for a day)
+    NPROC_PER_NODE       ranks (torchrun processes) of one task (default: 1); the CPUs are shared
+    CPU_THREADS          torch CPU threads of each rank (default: SLURM_CPUS_PER_TASK, else PBS's NCPUS,
+                         divided among the NPROC_PER_NODE ranks; else torch's)
+    NUM_WORKERS          DataLoader worker processes per rank (default: the config's, -1 = auto)
     PRECISION            fp32, bf16 or fp16 (default: the config's)
     EXTRA_ARGS           more main.py flags, appended last so that they win (e.g. "--num-epochs 5")
 
@@ -76,6 +80,27 @@ def _flag(environ: Mapping[str, str], name: str) -> str:
     return environ.get(name, "").strip()
 
 
+def _positive_int(environ: Mapping[str, str], name: str, default: str = "") -> int:
+    text = _flag(environ, name) or default
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{name} must be a positive integer, got '{text}'")
+    return int(text)
+
+
+def threads_per_rank(environ: Mapping[str, str]) -> str:
+    """``CPU_THREADS``; else the task's CPUs (SLURM's, then PBS's) divided among its ranks, at least 1; else ''.
+
+    >>> threads_per_rank({"SLURM_CPUS_PER_TASK": "16", "NPROC_PER_NODE": "4"}), threads_per_rank({"NCPUS": "3"})
+    ('4', '3')
+    """
+    if _flag(environ, "CPU_THREADS"):
+        return _flag(environ, "CPU_THREADS")
+    for name in ("SLURM_CPUS_PER_TASK", "NCPUS"):
+        if _flag(environ, name):
+            return str(max(1, _positive_int(environ, name) // _positive_int(environ, "NPROC_PER_NODE", "1")))
+    return ""
+
+
 def main_arguments(task: ArrayTask, environ: Mapping[str, str]) -> list[str]:
     """The ``main.py`` command line of ``task``, with paths and settings from ``environ``."""
     args = [
@@ -86,12 +111,13 @@ def main_arguments(task: ArrayTask, environ: Mapping[str, str]) -> list[str]:
         "--modality", *task.modalities,
         "--stamp", _flag(environ, "STAMP") or "array",
         "--resume", _flag(environ, "RESUME") or "1",
+        "--device", _flag(environ, "DEVICE") or "cuda",
     ]
     if _flag(environ, "BACKBONE_CHECKPOINT"):
         args += ["--backbone-checkpoint", _flag(environ, "BACKBONE_CHECKPOINT")]
     if _flag(environ, "RANDOM_BACKBONE"):
         args += ["--random-backbone", _flag(environ, "RANDOM_BACKBONE")]
-    threads = _flag(environ, "CPU_THREADS") or _flag(environ, "SLURM_CPUS_PER_TASK") or _flag(environ, "NCPUS")
+    threads = threads_per_rank(environ)
     if threads:
         args += ["--cpu-threads", threads]
     if _flag(environ, "NUM_WORKERS"):

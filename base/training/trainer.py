@@ -15,10 +15,14 @@ a frame modality have no groups and train until early stopping or the epoch budg
 
 Under ``torchrun`` (``base.training.distributed``) the training step runs the model wrapped in
 DistributedDataParallel, every rank sees its share of the windows, evaluation outputs are gathered
-from all ranks before the overlap averaging and the CCC, and only rank 0 writes files. ``precision``
-bf16/fp16 runs the model under autocast (the loss stays fp32; fp16 adds a gradient scaler) and
-``channels_last`` stores the backbone in that memory format.
+from all ranks before the overlap averaging and the CCC, and only rank 0 writes files. Each rank has
+its own random streams (``seed + rank``) and the checkpoint holds every rank's. ``precision``
+bf16/fp16 runs the model under autocast (the loss stays fp32; fp16 adds a gradient scaler; bf16 on a
+GPU needs compute capability 8.0) and ``channels_last`` stores the backbone in that memory format.
 
+On CUDA the loader uses pinned memory and worker processes (``num_workers`` -1: auto), copies do not
+block, and the loss is summed on the device and read once per epoch. The crop/flip generator lives
+on the CPU, so a checkpoint resumes on any device type.
 Recipe (``configs.RECIPE_SETTINGS``): under ``authors`` (the default) the training step is the
 authors' step: padded frames of short windows go through the model and count in the loss, the loss is
 their per-window CCC (``authors_ccc_loss``), the windows are shuffled once and read in that order every
@@ -49,10 +53,20 @@ from base.data.dataset import WindowDataset, make_loader
 from base.data.windowing import overlap_average
 from base.errors import UserError
 from base.training import tensorboard_log
-from base.training.checkpointing import atomic_torch_save, capture_rng_state, restore_rng_state
+from base.training.checkpointing import (
+    atomic_torch_save,
+    capture_rng_state,
+    rank_seed,
+    reseed,
+    restore_rng_state,
+    seed_everything,
+)
+from base.training.devices import loader_workers
 from base.training.distributed import (
     DistributedContext,
+    all_gather_objects,
     broadcast_buffers,
+    broadcast_weights,
     gather_window_pieces,
     shard_dataset,
     sum_across_ranks,
@@ -78,6 +92,8 @@ class Precision(enum.StrEnum):
 
 
 AUTOCAST_DTYPE = {Precision.FP32: None, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}
+# Below compute capability 8.0 (T4, V100) torch emulates bf16: convolutions leave cuDNN's fast kernels.
+BF16_MIN_CAPABILITY = (8, 0)
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -137,8 +153,14 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise UserError(f"config key 'precision' must be fp32, bf16 or fp16, got '{precision}'") from None
     if chosen is Precision.FP16 and device.type != "cuda":
         raise UserError("precision fp16 needs a CUDA device (with its gradient scaler); use bf16 on the CPU")
-    if chosen is Precision.BF16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"this GPU ({torch.cuda.get_device_name(device)}) does not support bf16; use fp16")
+    if chosen is Precision.BF16 and device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(device))
+        if capability < BF16_MIN_CAPABILITY:
+            raise UserError(
+                f"precision bf16 needs a GPU of compute capability 8.0 or newer (A100, A10, L4, RTX 30xx...); "
+                f"{torch.cuda.get_device_name(device)} ({device}) is {capability[0]}.{capability[1]}, where bf16 is "
+                "emulated and slow: use --precision fp16"
+            )
     return AUTOCAST_DTYPE[chosen]
 
 
@@ -157,6 +179,19 @@ def fixed_order(n_windows: int, seed: int) -> list[int]:
 def counts_for_early_stopping(epoch: int, min_num_epochs: int, inclusive: bool) -> bool:
     """Whether an epoch without improvement counts: from ``min_num_epochs`` on, or after it (the authors')."""
     return epoch >= min_num_epochs if inclusive else epoch > min_num_epochs
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype with which a run trained in ``precision`` predicts on ``device``.
+
+    The training precision where ``device`` has it (the run's validation CCC was measured with it),
+    else fp32, with a log line (fp16 on the CPU, bf16 on a GPU older than compute capability 8.0).
+    """
+    try:
+        return autocast_dtype(precision, device)
+    except UserError as exc:
+        logger.info("predicting in fp32 on %s: %s", device, exc)
+        return None
 
 
 def selection_score(metrics: Mapping[str, Mapping[str, float]], emotions: tuple[str, ...]) -> float:
@@ -192,7 +227,9 @@ def batch_inputs(
         else:
             values = values.float()  # (B, T, D)
         inputs[name] = values
-    if mask_padding and "mask" in batch:  # (B, T) valid frames: padded ones skip the backbone
+    # (B, T) valid frames: padded ones skip the backbone. Checked on the host (and kept there: the backbone
+    # takes the valid frames' indices on the host): a batch without padding gets no mask at all.
+    if mask_padding and "mask" in batch and not bool(batch["mask"].all()):
         inputs["mask"] = batch["mask"]
     return inputs
 
@@ -212,15 +249,13 @@ def training_step(
     """Forward, weighted CCC loss, backward and one optimizer step; returns the (detached) loss.
 
     ``mask`` selects the frames of the loss (None: all). ``amp_dtype`` runs the forward pass under
-    autocast (the loss is computed in fp32); ``scaler`` scales the loss for fp16.
+    autocast (the loss is computed in fp32); ``scaler`` scales the loss for fp16. The loss is not read
+    here (that would make the host wait for the GPU at every step): ``Trainer.train_epoch`` checks the
+    epoch's loss.
     """
     with torch.autocast(labels.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         outputs = model(inputs)  # (B, T, C)
     loss = weighted_ccc_loss(outputs.float(), labels, mask, emotions, weights, loss_name)
-    if not torch.isfinite(loss):
-        raise UserError(
-            f"the training loss became {loss.item()}; check the features for extreme values or lower --learning-rate"
-        )
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -285,9 +320,10 @@ class Trainer:
     ) -> None:
         config = resolve_recipe(config)
         self.model = model.to(device)
+        self.context = context or DistributedContext(device=device)
+        broadcast_weights(self.model, self.context)  # each rank drew its own initial weights: rank 0's win
         if config.train.channels_last and getattr(self.model, "backbone", None) is not None:
             self.model.backbone.to(memory_format=torch.channels_last)
-        self.context = context or DistributedContext(device=device)
         self.amp_dtype = autocast_dtype(config.train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self._ddp: tuple[tuple[bool, ...], nn.Module] | None = None  # (trainable flags, wrapper)
@@ -299,8 +335,10 @@ class Trainer:
         self.emotions = output_emotions(config.model)
         self.selected_emotions = trained_emotions(config.model)
         self.weights = loss_weights(config.model, config.train.multi_head_weight)
-        self.generator = torch.Generator(device=device)  # crops and flips of the training frames
-        self.generator.manual_seed(config.train.seed)
+        # Crops and flips of the training frames, drawn on the CPU (the draws move to the frames'
+        # device), so a checkpoint's generator state fits whatever device the run resumes on.
+        self.generator = torch.Generator()
+        self.generator.manual_seed(rank_seed(config.train.seed, self.context.rank))
         self.state = TrainState()
         self.best_state = clone_state(self.model)
         self.optimizer, self.scheduler = self._new_optimizer()
@@ -380,27 +418,40 @@ class Trainer:
             windows, shuffle = shard_dataset(windows, self.context, shuffle, t.seed, epoch, pad=pad), False
         return make_loader(
             windows, batch_size=t.batch_size, shuffle=shuffle, seed=t.seed, epoch=epoch,
-            num_workers=t.num_workers, pin_memory=self.device.type == "cuda",
+            num_workers=loader_workers(t.num_workers, self.device, self.context.world_size),
+            pin_memory=self.device.type == "cuda",
         )
 
     def train_epoch(self, epoch: int) -> float:
-        """One pass over the training windows; returns the mean loss per window."""
+        """One pass over the training windows; returns the mean loss per window.
+
+        The loss is summed on the device and read once, at the end of the epoch; a non-finite
+        epoch loss is a UserError (on every rank alike).
+        """
         self.model.train()
-        total_loss, n_windows = 0.0, 0
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_windows = 0
+        show_loss = self.device.type == "cpu"  # reading a CPU loss costs nothing; a GPU one waits for the GPU
         loader = self._loader(self.train_data, shuffle=True, epoch=epoch)
         progress = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=self.config.train.quiet)
         for batch in progress:
-            labels = batch["label"].to(self.device)  # (B, T, 2)
-            mask = batch["mask"].to(self.device) if self.masks_padding else None  # (B, T)
+            labels = batch["label"].to(self.device, non_blocking=True)  # (B, T, 2)
+            mask = batch["mask"].to(self.device, non_blocking=True) if self.masks_padding else None  # (B, T)
+            n_batch = len(batch["label"])
             loss = training_step(self.train_model, self.optimizer, self._inputs(batch, train=True), labels, mask,
                                  self.emotions, self.weights, self.amp_dtype, self.scaler,
-                                 self.config.train.ccc_loss).item()
-            total_loss += loss * len(labels)
-            n_windows += len(labels)
-            progress.set_postfix(loss=f"{loss:.3f}")
-        total_loss, n_windows = sum_across_ranks((total_loss, n_windows), self.context)
+                                 self.config.train.ccc_loss)
+            total_loss += loss.double() * n_batch
+            n_windows += n_batch
+            if show_loss:
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+        total, n_windows = sum_across_ranks((total_loss.item(), n_windows), self.context)
         broadcast_buffers(self.model, self.context)  # every rank evaluates with rank 0's BatchNorm statistics
-        return total_loss / max(n_windows, 1)
+        mean_loss = total / max(n_windows, 1)
+        if not math.isfinite(mean_loss):
+            raise UserError(f"the training loss of epoch {epoch} became {mean_loss}; check the features for extreme "
+                            "values or lower --learning-rate")
+        return mean_loss
 
     @torch.no_grad()
     def evaluate(self, partition: Partition) -> Evaluation:
@@ -494,8 +545,13 @@ class Trainer:
 
     # -- checkpoints
 
-    def checkpoint_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run as if it had never stopped."""
+    def checkpoint_dict(self, rank_rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything needed to continue this run as if it had never stopped.
+
+        ``rank_rng``: every rank's ``capture_rng_state`` in rank order (DDP); stored as ``rank_rng``,
+        rank 0's also as ``rng``.
+        """
+        rank_rng = rank_rng or [capture_rng_state(self.generator)]
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
             "config": to_dict(self.config),
@@ -503,16 +559,19 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "best_model": self.best_state,
-            "rng": capture_rng_state(self.generator),
+            "rng": rank_rng[0],
             "state": asdict(self.state),
         }
+        if len(rank_rng) > 1:
+            checkpoint["rank_rng"] = rank_rng
         if self.scaler is not None:
             checkpoint["scaler"] = self.scaler.state_dict()
         return checkpoint
 
     def save_checkpoint(self) -> None:
+        rank_rng = all_gather_objects(capture_rng_state(self.generator), self.context)  # a collective: every rank
         if self.context.is_main:
-            atomic_torch_save(self.checkpoint_dict(), self.run.checkpoint)
+            atomic_torch_save(self.checkpoint_dict(rank_rng), self.run.checkpoint)
 
     def restore(self, checkpoint: Mapping[str, Any]) -> None:
         """Continue from ``checkpoint_dict()`` output (the caller checked its config)."""
@@ -528,9 +587,25 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler is not None and "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng"], self.generator)
+        self._restore_rng(checkpoint)
         logger.info("resumed %s after epoch %d (best epoch %d)", self.run.name, self.state.next_epoch - 1,
                     self.state.best_epoch)
+
+    def _restore_rng(self, checkpoint: Mapping[str, Any]) -> None:
+        """This rank's random states from the checkpoint; what it cannot give back is reseeded from seed and epoch."""
+        rank, seed, epoch = self.context.rank, self.config.train.seed, self.state.next_epoch
+        states = checkpoint.get("rank_rng") or [checkpoint["rng"]]
+        if rank >= len(states):
+            logger.warning("checkpoint %s holds the random states of %d rank(s), none for rank %d: reseeding it "
+                           "from the seed and epoch %d", self.run.checkpoint, len(states), rank, epoch)
+            seed_everything(reseed(seed, rank, epoch))
+            self.generator.manual_seed(reseed(seed, rank, epoch))
+        elif not restore_rng_state(states[rank], self.generator):
+            logger.warning("the crop/flip generator state in checkpoint %s does not fit this run's CPU generator "
+                           "(%d bytes, not %d: written on another device type?): reseeding it from the seed and "
+                           "epoch %d", self.run.checkpoint, states[rank]["generator"].numel(),
+                           self.generator.get_state().numel(), epoch)
+            self.generator.manual_seed(reseed(seed, rank, epoch))
 
     def load_best(self) -> None:
         """Put the best weights into the model (end of training)."""
