@@ -146,19 +146,17 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
         mask = torch.ones_like(pred, dtype=torch.bool)
     weight = mask.to(pred.dtype)  # (B, T)
     n_valid = weight.sum(dim=1)  # (B,)
-    keep = n_valid > 0
-    pred, target, weight, n_valid = pred[keep], target[keep], weight[keep], n_valid[keep]
-    if pred.shape[0] == 0:
-        return pred.sum() * 0.0  # no valid frame: zero loss, still part of the graph
-    mean_pred = (pred * weight).sum(dim=1) / n_valid  # (B,)
-    mean_target = (target * weight).sum(dim=1) / n_valid  # (B,)
+    has_frames = (n_valid > 0).to(pred.dtype)  # (B,) windows without a valid frame count for nothing
+    n = n_valid.clamp(min=1.0)  # no boolean indexing: nothing here makes the host wait for a GPU
+    mean_pred = (pred * weight).sum(dim=1) / n  # (B,)
+    mean_target = (target * weight).sum(dim=1) / n  # (B,)
     d_pred = (pred - mean_pred[:, None]) * weight  # (B, T), zero on padding
     d_target = (target - mean_target[:, None]) * weight
-    covariance = (d_pred * d_target).sum(dim=1) / n_valid
-    var_pred = d_pred.square().sum(dim=1) / n_valid
-    var_target = d_target.square().sum(dim=1) / n_valid
+    covariance = (d_pred * d_target).sum(dim=1) / n
+    var_pred = d_pred.square().sum(dim=1) / n
+    var_target = d_target.square().sum(dim=1) / n
     concordance = 2 * covariance / (var_pred + var_target + (mean_pred - mean_target).square() + LOSS_EPS)
-    return (1 - concordance).mean()
+    return ((1 - concordance) * has_frames).sum() / has_frames.sum().clamp(min=1.0)
 
 
 def authors_ccc_loss(
