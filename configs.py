@@ -234,6 +234,7 @@ class TrainConfig:
     fold_fusion: str | None = None  # authors or clipped (None: from the recipe)
     tensorboard: bool = False  # also write per-epoch scalars to <run folder>/tensorboard/ (needs tensorboard)
     deterministic: bool = True  # cuDNN deterministic kernels; False turns on cudnn.benchmark (faster, not repeatable)
+    batchnorm_warmup_batches: int = 0  # training batches that set a random backbone's BatchNorm statistics first
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,8 @@ FIELD_HELP: dict[str, str] = {
                    "<run folder>/tensorboard/ (pip install tensorboard)",
     # predict
     "submission_path": "folder where predict.py test writes the submission",
+    "batchnorm_warmup_batches": "before epoch 0, this many training batches set the backbone's BatchNorm running "
+                                "statistics (a random backbone's describe nothing; the demo uses it; 0: off)",
     "deterministic": "cuDNN deterministic kernels, autotuner off (repeatable GPU runs); 0: cudnn.benchmark on",
 }
 
@@ -375,6 +378,7 @@ def demo_overrides() -> dict[str, Any]:
             "window_length": 100,
             "hop_length": 100,
             "stamp": "demo",
+            "batchnorm_warmup_batches": 8,  # the demo's backbone is random: give it its data's statistics
         },
         "model": {"random_backbone": True},
     }
@@ -496,6 +500,8 @@ def validate(config: Config) -> Config:
         raise UserError("config keys 'window_length'/'hop_length' need 0 < hop <= window")
     if t.batch_size <= 0:
         raise UserError("config key 'batch_size' must be positive")
+    if t.batchnorm_warmup_batches < 0:
+        raise UserError("config key 'batchnorm_warmup_batches' must be 0 or more")
     recipes = [r.value for r in Recipe]
     if t.recipe not in recipes:
         raise UserError(f"config key 'recipe' must be {' or '.join(recipes)}, got '{t.recipe}'")

@@ -19,11 +19,12 @@ from torch import nn
 
 from base.data.augment import prepare_frames
 from base.data.processed import ProcessedDataset
+from base.training.batchnorm import precise_batchnorm
 from base.training.cross_validation import fold_partitions
 from base.training.run_folder import RunFolder
 from base.training.trainer import Trainer
 from configs import Config, apply_overrides, resolve_recipe
-from model import build_model
+from model import IR50, build_model
 from tests.processed_helpers import make_processed_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -149,3 +150,24 @@ def test_epoch_order(dataset, tmp_path, recipe):
         assert orders[0] == windows
     else:
         assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])
+
+
+def test_precise_batchnorm_averages_the_batch_statistics():
+    torch.manual_seed(0)
+    backbone = IR50("ir").eval()
+    batches = [torch.rand(2, 3, 3, 40, 40) * 2 - 1, torch.rand(1, 4, 3, 40, 40) * 2 - 1]
+    with torch.no_grad():  # the first BatchNorm normalises the input convolution's output
+        conv = [backbone.input_layer[0](b.reshape(-1, 3, 40, 40)) for b in batches]
+    assert precise_batchnorm(backbone, [(b, None) for b in batches]) == 2
+    layer = backbone.input_layer[1]
+    torch.testing.assert_close(layer.running_mean, sum(c.mean(dim=(0, 2, 3)) for c in conv) / 2)
+    torch.testing.assert_close(layer.running_var, sum(c.var(dim=(0, 2, 3), unbiased=True) for c in conv) / 2)
+    assert not any(m.training for m in backbone.modules()) and layer.momentum == 0.1  # modes and momentum kept
+
+
+def test_the_demo_warms_up_the_random_backbone_before_epoch_0(dataset, tmp_path):
+    trainer = make_trainer(dataset, tmp_path, batchnorm_warmup_batches=1)
+    before = trainer.model.backbone.input_layer[1].running_mean.clone()
+    trainer.warm_up_batchnorm()
+    after = trainer.best_state["backbone.input_layer.1.running_mean"]
+    assert not torch.equal(before, after) and torch.equal(after, trainer.model.backbone.input_layer[1].running_mean)

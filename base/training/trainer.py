@@ -34,6 +34,7 @@ padding skips the backbone there, which is exact (per-frame backbone in eval mod
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import math
 import random
@@ -53,6 +54,7 @@ from base.data.dataset import WindowDataset, make_loader
 from base.data.windowing import overlap_average
 from base.errors import UserError
 from base.training import tensorboard_log
+from base.training.batchnorm import precise_batchnorm
 from base.training.checkpointing import (
     atomic_torch_save,
     capture_rng_state,
@@ -483,9 +485,28 @@ class Trainer:
 
     # -- epochs
 
+    def warm_up_batchnorm(self) -> None:
+        """``batchnorm_warmup_batches`` training batches set the backbone's BatchNorm running statistics
+        (``base.training.batchnorm``; centre crops, padding left out), before the first epoch."""
+        n_batches = self.config.train.batchnorm_warmup_batches
+        if n_batches <= 0 or getattr(self.model, "backbone", None) is None:
+            return
+        crop = self.config.model.crop_size
+        loader = self._loader(self.train_data, shuffle=True, epoch=0)
+        batches = (
+            (prepare_frames(batch["frame"].to(self.device, non_blocking=True), crop, train=False), batch["mask"])
+            for batch in itertools.islice(loader, n_batches)
+        )
+        used = precise_batchnorm(self.model.backbone, batches)
+        broadcast_buffers(self.model, self.context)
+        self.best_state = clone_state(self.model)  # what a release reloads
+        logger.info("backbone BatchNorm statistics taken from %d training batches", used)
+
     def fit(self) -> TrainState:
         """Train until the epoch budget, early stopping, or no group left to release."""
         t = self.config.train
+        if self.state.next_epoch == 0:
+            self.warm_up_batchnorm()
         while not self.state.finished and self.state.next_epoch < t.num_epochs:
             epoch = self.state.next_epoch
             if not self._release_if_due(epoch):
