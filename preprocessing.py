@@ -8,6 +8,10 @@ Examples:
 VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``);
 nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
 real checkpoint format are created then, and the log and dataset_info.pkl say so.
+
+On a cluster, N shards (--shard 1/N .. N/N) may run at the same time, on any machines sharing OUT;
+the last to finish writes dataset_info.pkl and the summary (or: --output OUT --finalize).
+job_preprocess.pbs and job_preprocess.slurm submit them as a job array.
 """
 
 from __future__ import annotations
@@ -15,22 +19,45 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import configs
-from base.errors import UserError, run_cli, setup_logging
+from base.errors import EXIT_SOME_SKIPPED, UserError, run_cli, setup_logging
+
+if TYPE_CHECKING:
+    from base.preprocessing.preprocess import TrialResult
+    from base.preprocessing.shards import Shard
 
 log = logging.getLogger("preprocessing")
+
+EXIT_CODES = """\
+exit codes:
+  0    every trial is ready
+  1    done, but some trials are bad input and were skipped (listed in preprocessing_summary.csv)
+  2    bad input or arguments: the error line says what to fix (--finalize: shards not done yet)
+  3    the machine failed: no space left, output not writable, a worker process killed (signal 9
+       usually means out of memory: lower --jobs), ffmpeg or openSMILE missing. No new work was
+       started, finished trials are kept, the error line names the cause and the remedy; then
+       rerun the same command to continue
+  130  interrupted (Ctrl-C): finished work is kept; rerun the same command to resume
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--make-demo", metavar="DIR", help="write the demo database (SPEC §1 layout) to DIR and exit")
     parser.add_argument("--database", "-database", metavar="DIR", help="root of the raw database (annotations/, cropped_aligned/, raw_video/, Test_Set/)")
     parser.add_argument("--output", "-output", metavar="OUT", help="folder for dataset_info.pkl and npy_data/ (created; reruns resume)")
     parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.cache (wav and per-video features) after success")
     parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    parser.add_argument("--shard", metavar="I/N", help="process only the I-th of N disjoint sets of videos (1-based: "
+                        "1/N .. N/N; both trials of a video together); the N shards may run at the same time on "
+                        "machines sharing OUT, and the last to finish writes dataset_info.pkl")
+    parser.add_argument("--finalize", action="store_true", help="with --output only: write dataset_info.pkl and "
+                        "the summary of a sharded OUT once every shard is done, else list what is missing")
     configs.add_config_arguments(parser, sections=("demo", "features"),
                                  aliases={"demo_seed": ("--seed", "-seed"), "jobs": ("-j",)})
     return parser
@@ -38,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path):
     from base.preprocessing.demo import MARKER
-    from base.preprocessing.preprocess import VggishSource
+    from base.preprocessing.preprocess import VggishSource, random_vggish_checkpoint
     from vggish import checkpoint as vggish_checkpoint
 
     if features.vggish_checkpoint:
@@ -51,10 +78,7 @@ def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path
             "VGGish needs --vggish-checkpoint vggish_model.ckpt (and optionally --vggish-pca-params "
             "vggish_pca_params.npz) from the AudioSet VGGish release; only the demo database runs without them"
         )
-    path = output / "vggish_random" / "vggish_model.ckpt"
-    if not Path(str(path) + ".index").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        vggish_checkpoint.write_random_checkpoint(str(path), seed=0)
+    path = random_vggish_checkpoint(output / "vggish_random")
     log.warning("=" * 72)
     log.warning("DEMO: VGGish runs with RANDOM weights (%s); its features carry no AudioSet knowledge", path)
     log.warning("=" * 72)
@@ -72,9 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         root = make_demo_database(args.make_demo, config.demo, quiet=args.quiet)
         log.info("demo database ready: %s", root)
         return 0
+    if args.finalize:
+        if not args.output or args.shard:
+            parser.error("--finalize takes --output OUT only")
+        from base.preprocessing.preprocess import finalize_shards
+
+        return report(finalize_shards(args.output), Path(args.output))
     if not args.database or not args.output:
         parser.error("give --database DIR and --output OUT (or --make-demo DIR)")
-    from base.preprocessing.preprocess import SUMMARY_NAME, preprocess_database
+    from base.preprocessing.preprocess import preprocess_database
+    from base.preprocessing.shards import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
 
     database, output = Path(args.database), Path(args.output)
     if output.exists() and not output.is_dir():
@@ -86,15 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     discover_trials(database)  # checks the layout before any heavy set-up
     vggish_source = resolve_vggish(config.features, database, output)
     results = preprocess_database(database, output, config.features, vggish_source,
-                                  quiet=args.quiet, keep_cache=args.keep_cache)
-    skipped = [r for r in results if r.status == "skipped"]
+                                  quiet=args.quiet, keep_cache=args.keep_cache, shard=shard)
+    return report(results, output, shard)
+
+
+def report(results: Sequence[TrialResult], output: Path, shard: Shard | None = None) -> int:
+    """Log what is ready; a warning line and exit 1 when bad trials were skipped."""
+    from base.preprocessing.preprocess import SKIPPED, SUMMARY_NAME
+    from base.preprocessing.shards import SHARD_DIR
+
+    summary = output / SUMMARY_NAME if shard is None else output / SHARD_DIR / shard.results_name
+    skipped = [r for r in results if r.status == SKIPPED]
     ok = len(results) - len(skipped)
-    log.info("%d trials ready in %s, %d skipped; summary: %s", ok, output / "npy_data", len(skipped),
-             output / SUMMARY_NAME)
+    log.info("%d trials ready in %s, %d skipped; summary: %s", ok, output / "npy_data", len(skipped), summary)
     if skipped:
-        print(f"warning: {len(skipped)} of {len(results)} trials skipped (see {output / SUMMARY_NAME})",
-              file=sys.stderr)
-        return 1
+        print(f"warning: {len(skipped)} of {len(results)} trials skipped (see {summary})", file=sys.stderr)
+        return EXIT_SOME_SKIPPED
     return 0
 
 
