@@ -239,3 +239,20 @@ def test_a_dead_worker_is_named_and_its_pool_replaced(tmp_path, monkeypatch):
         assert pool.submit("audio", "bad", abs, -4).result() == 4  # the fault fired once only
     finally:
         pool.shutdown()
+
+
+def test_a_missing_ffmpeg_stops_preprocessing_before_any_work(monkeypatch, capsys):
+    import shutil
+
+    import imageio_ffmpeg
+
+    from base.preprocessing.preprocess import check_tools
+
+    def no_binary():
+        raise RuntimeError("no ffmpeg exe could be found")
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", no_binary)
+    assert run_cli(lambda argv: check_tools(), []) == EXIT_ENVIRONMENT
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith("error: ffmpeg was not found: install it on PATH")

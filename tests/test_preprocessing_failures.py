@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,19 @@ def test_three_concurrent_shards_equal_one_run_and_finalize_lists_what_is_missin
     assert f"{len(lost)} of {len(plan['trials'])} trials are not done: shard 2/3: {len(lost)} (" in line
     assert all(name in line for name in lost)
     assert not (partial / "dataset_info.pkl").exists()
+
+
+def test_ctrl_c_is_one_line_without_worker_tracebacks(demo_database: Path, checkpoint: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "preprocessing.py"), *_argv(demo_database, output, checkpoint, "--jobs", "2")]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and not list(output.glob(".cache/*/mfcc.npy")):
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    started = time.time()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and time.time() - started < 20
+    assert "interrupted: finished work is kept; rerun the same command to resume" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -6,6 +6,10 @@ the executor fails every task it holds with ``BrokenProcessPool`` and cannot be 
 every task writes a marker file named after its worker's pid while it runs (in a private temporary
 folder), so the pid whose process ended with a signal names the stage and video it was working on.
 The workers the executor terminated itself end with SIGTERM and are not blamed.
+
+Workers start with SIGINT ignored: Ctrl-C reaches the whole process group, and only the main
+process answers it (it terminates the workers; every output is written atomically), so an
+interrupted run prints one line, not a traceback per worker.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +57,19 @@ def run_marked(markers: str, stage: str, video: str, function: Callable[..., Any
         marker.unlink(missing_ok=True)
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while worker processes are started: they inherit it (Python keeps an ignored SIGINT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class WorkerPool:
     """A pool of ``n_workers`` spawned processes, replaced by a fresh one when a worker dies.
 
@@ -76,7 +95,8 @@ class WorkerPool:
 
     def submit(self, stage: str, video: str, function: Callable[..., Any], *args: Any) -> Future:
         """Run ``function(*args)`` in a worker; the task is known as (``stage``, ``video``) if it dies."""
-        return self._executor.submit(run_marked, str(self._markers), stage, video, function, *args)
+        with _sigint_ignored():  # the executor starts its processes on submit
+            return self._executor.submit(run_marked, str(self._markers), stage, video, function, *args)
 
     def restart(self) -> list[DeadWorker]:
         """After ``BrokenProcessPool``: replace the executor; returns the workers that died on their own."""
@@ -101,7 +121,14 @@ class WorkerPool:
         except (OSError, ValueError):
             return {}
 
-    def shutdown(self) -> None:
-        """Stop the workers (tasks not started are cancelled) and remove the marker folder."""
+    def shutdown(self, terminate: bool = False) -> None:
+        """Stop the workers (tasks not started are cancelled) and remove the marker folder.
+
+        Args:
+            terminate: end the running tasks too (SIGTERM), e.g. on Ctrl-C; else wait for them.
+        """
+        if terminate:
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                process.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self._markers, ignore_errors=True)

@@ -521,6 +521,7 @@ class _StageRun:
         # VGGish is the heaviest stage: half the jobs as processes, the cores shared out as TF threads
         n_vggish_workers = max(1, min(jobs, len(self.pending)) // 2)
         source = self.vggish_source
+        interrupted = False
         try:
             self.pools[AUDIO] = self.pools[TRIALS] = WorkerPool(AUDIO, jobs)
             self.pools[VGGISH] = WorkerPool(
@@ -533,9 +534,12 @@ class _StageRun:
                 finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
                 for future in finished:
                     self._collect(future)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             for pool in {id(p): p for p in self.pools.values()}.values():
-                pool.shutdown()
+                pool.shutdown(terminate=interrupted)
             for bar in self.bars.values():
                 bar.close()
         for trials in self.pending.values():
