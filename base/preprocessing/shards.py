@@ -170,8 +170,11 @@ def record_plan(output: str | Path, plan: Plan) -> Plan:
             os.link(name, path)  # atomic create-if-absent with the whole content, NFS included
         except FileExistsError:
             pass  # another shard was first
+        except OSError:  # a filesystem without hard links: a rename (the same content wins either way)
+            if not path.exists():
+                os.replace(name, path)
         finally:
-            os.unlink(name)
+            Path(name).unlink(missing_ok=True)
     recorded = read_plan(output)
     differences = plan_differences(recorded, plan)
     if differences:
