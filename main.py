@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from base.errors import UserError, run_cli, setup_logging
+from base.errors import EXIT_CODES_HELP, UserError, run_cli, setup_logging
 from base.training.cross_validation import ccc_line, format_summary, run_cross_validation
 from base.training.devices import gpu_index_to_device, set_cpu_threads
 from base.training.distributed import init_distributed, rank_config, shutdown_distributed
@@ -58,6 +58,8 @@ backbone weights:
 
 boolean settings take 0/1 (or true/false); given without a value they mean 1 (e.g. --quiet).
 a fold list (--fold 0 1 2 3 4 5) runs the folds in sequence and writes a CV summary table.
+after exit 3 (e.g. disk full: checkpoint.pt keeps the last finished epoch) or 130, the same command
+with --resume 1 continues from the last checkpoint.
 """
 
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Train and evaluate continuous valence/arousal models on a processed dataset.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )

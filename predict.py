@@ -29,7 +29,7 @@ import logging
 import sys
 from pathlib import Path
 
-from base.errors import UserError, run_cli, setup_logging
+from base.errors import EXIT_CODES_HELP, UserError, run_cli, setup_logging
 
 logger = logging.getLogger("predict")
 
@@ -62,7 +62,7 @@ def _add_dataset(parser: argparse.ArgumentParser, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__, epilog=EXIT_CODES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -14,6 +14,10 @@ VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggi
 or the same weights in PyTorch layout: the authors' ``vggish.pth`` (linked from the sucv/ABAW3 README);
 nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
 real checkpoint format are created then, and the log and dataset_info.pkl say so.
+
+On a cluster, N shards (--shard 1/N .. N/N) may run at the same time, on any machines sharing OUT;
+the last to finish writes dataset_info.pkl and the summary (or: --output OUT --finalize).
+job_preprocess.pbs and job_preprocess.slurm submit them as a job array.
 """
 
 from __future__ import annotations
@@ -21,23 +25,46 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import configs
-from base.errors import UserError, run_cli, setup_logging
+from base.errors import EXIT_SOME_SKIPPED, UserError, run_cli, setup_logging
+
+if TYPE_CHECKING:
+    from base.preprocessing.preprocess import TrialResult
+    from base.preprocessing.shards import Shard
 
 log = logging.getLogger("preprocessing")
+
+EXIT_CODES = """\
+exit codes:
+  0    every trial is ready
+  1    done, but some trials are bad input and were skipped (listed in preprocessing_summary.csv)
+  2    bad input or arguments: the error line says what to fix (--finalize: shards not done yet)
+  3    the machine failed: no space left, output not writable, a worker process killed (signal 9
+       usually means out of memory: lower --jobs), ffmpeg or openSMILE missing. No new work was
+       started, finished trials are kept, the error line names the cause and the remedy; then
+       rerun the same command to continue
+  130  interrupted (Ctrl-C): finished work is kept; rerun the same command to resume
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--make-demo", metavar="DIR", help="write the demo database (SPEC §1 layout) to DIR and exit")
     parser.add_argument("--output", "-output", "--dataset-path", dest="dataset_path", default=argparse.SUPPRESS,
                         metavar="OUT", help="folder for dataset_info.pkl and npy_data/ (created; reruns resume); "
                                             "default: TrainConfig.dataset_path")
     parser.add_argument("--keep-cache", action="store_true", help="keep OUT/.cache (wav and per-video features) after success")
     parser.add_argument("--quiet", action="store_true", help="warnings only, no progress bars")
+    parser.add_argument("--shard", metavar="I/N", help="process only the I-th of N disjoint sets of videos (1-based: "
+                        "1/N .. N/N; both trials of a video together); the N shards may run at the same time on "
+                        "machines sharing OUT, and the last to finish writes dataset_info.pkl")
+    parser.add_argument("--finalize", action="store_true", help="with --output only: write dataset_info.pkl and "
+                        "the summary of a sharded OUT once every shard is done, else list what is missing")
     configs.add_config_arguments(parser, sections=("demo", "features"),
                                  aliases={"demo_seed": ("--seed", "-seed"), "jobs": ("-j",),
                                           "database_path": ("--database", "-database")})
@@ -46,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path):
     from base.preprocessing.demo import MARKER
-    from base.preprocessing.preprocess import VggishSource
+    from base.preprocessing.preprocess import VggishSource, random_vggish_checkpoint
     from vggish import checkpoint as vggish_checkpoint
 
     if features.vggish_checkpoint:
@@ -60,10 +87,7 @@ def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path
             "vggish_pca_params.npz) from the AudioSet VGGish release, or --vggish-checkpoint vggish.pth "
             "(the authors' file, linked from the sucv/ABAW3 README); only the demo database runs without them"
         )
-    path = output / "vggish_random" / "vggish_model.ckpt"
-    if not Path(str(path) + ".index").is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        vggish_checkpoint.write_random_checkpoint(str(path), seed=0)
+    path = random_vggish_checkpoint(output / "vggish_random")
     log.warning("=" * 72)
     log.warning("DEMO: VGGish runs with RANDOM weights (%s); its features carry no AudioSet knowledge", path)
     log.warning("=" * 72)
@@ -81,10 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         root = make_demo_database(args.make_demo, config.demo, quiet=args.quiet)
         log.info("demo database ready: %s", root)
         return 0
+    if args.finalize:
+        if not config.train.dataset_path or args.shard:
+            parser.error("--finalize takes --output OUT only")
+        from base.preprocessing.preprocess import finalize_shards
+
+        return report(finalize_shards(config.train.dataset_path), Path(config.train.dataset_path))
     if not config.features.database_path or not config.train.dataset_path:
         parser.error("give --database DIR and --output OUT (or set database_path and dataset_path in configs.py "
                      f"or a config file: --config FILE, ${configs.CONFIG_FILE_ENV}), or --make-demo DIR")
-    from base.preprocessing.preprocess import SUMMARY_NAME, preprocess_database
+    from base.preprocessing.preprocess import preprocess_database
+    from base.preprocessing.shards import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
 
     database, output = Path(config.features.database_path), Path(config.train.dataset_path)
     if output.exists() and not output.is_dir():
@@ -96,15 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     discover_trials(database, DatabaseLayout.of(config.features))  # checks the layout before any heavy set-up
     vggish_source = resolve_vggish(config.features, database, output)
     results = preprocess_database(database, output, config.features, vggish_source,
-                                  quiet=args.quiet, keep_cache=args.keep_cache)
-    skipped = [r for r in results if r.status == "skipped"]
+                                  quiet=args.quiet, keep_cache=args.keep_cache, shard=shard)
+    return report(results, output, shard)
+
+
+def report(results: Sequence[TrialResult], output: Path, shard: Shard | None = None) -> int:
+    """Log what is ready; a warning line and exit 1 when bad trials were skipped."""
+    from base.preprocessing.preprocess import SKIPPED, SUMMARY_NAME
+    from base.preprocessing.shards import SHARD_DIR
+
+    summary = output / SUMMARY_NAME if shard is None else output / SHARD_DIR / shard.results_name
+    skipped = [r for r in results if r.status == SKIPPED]
     ok = len(results) - len(skipped)
-    log.info("%d trials ready in %s, %d skipped; summary: %s", ok, output / "npy_data", len(skipped),
-             output / SUMMARY_NAME)
+    log.info("%d trials ready in %s, %d skipped; summary: %s", ok, output / "npy_data", len(skipped), summary)
     if skipped:
-        print(f"warning: {len(skipped)} of {len(results)} trials skipped (see {output / SUMMARY_NAME})",
-              file=sys.stderr)
-        return 1
+        print(f"warning: {len(skipped)} of {len(results)} trials skipped (see {summary})", file=sys.stderr)
+        return EXIT_SOME_SKIPPED
     return 0
 
 

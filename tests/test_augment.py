@@ -86,3 +86,43 @@ def test_full_size_crop_train_is_at_most_a_flip():
     for b in range(B):
         assert torch.equal(prepared[b], plain[b]) or torch.equal(prepared[b], plain[b].flip(-1))
     assert np.isfinite(prepared.numpy()).all()
+
+
+def _gather_reference(frames, crop, train, generator=None):
+    """What prepare_frames computed before the CPU path: the draws, one gather, then normalise."""
+    from base.data.augment import crop_flip_gather, draw_crops
+
+    n, _, height, width, _ = frames.shape
+    if train:
+        top, left, flip = draw_crops(n, height, width, crop, generator)
+    else:
+        top = torch.full((n,), (height - crop) // 2)
+        left = torch.full((n,), (width - crop) // 2)
+        flip = torch.zeros(n, dtype=torch.bool)
+    return normalise(crop_flip_gather(frames, top, left, flip, crop).permute(0, 1, 4, 2, 3).contiguous())
+
+
+@pytest.mark.parametrize("shape,crop", [((16, 7, 48, 48, 3), 40), ((5, 3, 30, 52, 3), 24), ((3, 2, 9, 9, 1), 9)])
+@pytest.mark.parametrize("train", [True, False])
+def test_cpu_slicing_equals_the_gather_path_bit_for_bit(shape, crop, train):
+    frames = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(7))
+    sliced = prepare_frames(frames, crop=crop, train=train, generator=torch.Generator().manual_seed(11))
+    gathered = _gather_reference(frames, crop, train, generator=torch.Generator().manual_seed(11))
+    assert sliced.dtype == gathered.dtype == torch.float32 and sliced.is_contiguous()
+    assert torch.equal(sliced, gathered)
+
+
+def test_cpu_slicing_reads_a_strided_batch():
+    frames = torch.randint(0, 256, (4, 6, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    every_other = frames[::2]  # not contiguous
+    sliced = prepare_frames(every_other, train=True, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(sliced, _gather_reference(every_other, CROP, True, torch.Generator().manual_seed(2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gather_path_equals_the_cpu_path():
+    frames = torch.randint(0, 256, (8, 300, 48, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    for train in (True, False):
+        on_cpu = prepare_frames(frames, train=train, generator=torch.Generator().manual_seed(4))
+        on_gpu = prepare_frames(frames.cuda(), train=train, generator=torch.Generator().manual_seed(4))
+        assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), on_cpu)

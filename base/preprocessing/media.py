@@ -13,6 +13,7 @@ file (milliseconds for short clips). That count is used; a disagreement with the
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import cv2
 import numpy as np
 import soundfile as sf
 
-from base.errors import UserError
+from base.errors import MissingTool, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def find_ffmpeg() -> str:
 
         return imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
-        raise UserError(
+        raise MissingTool(
             f"ffmpeg was not found: install it on PATH or `pip install imageio-ffmpeg` ({exc})"
         ) from None
 
@@ -87,6 +88,27 @@ def _input_section(stderr: str) -> str:
         return ""
     end_candidates = [i for i in (stderr.find("Output #0", start), stderr.find("Stream mapping:", start)) if i >= 0]
     return stderr[start : min(end_candidates)] if end_candidates else stderr[start:]
+
+
+# what ffmpeg prints (strerror) when writing its output fails because of the machine, not the input
+_WRITE_ERRORS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+                 "Read-only file system": errno.EROFS}
+
+
+def ffmpeg_write_error(stderr: str, output: Path) -> OSError | None:
+    """The ``OSError`` behind a failed ffmpeg run that could not write ``output``, else None.
+
+    >>> ffmpeg_write_error("[wav] Error writing trailer: No space left on device", Path("a.wav")).errno == errno.ENOSPC
+    True
+    >>> ffmpeg_write_error("a.mp4: Invalid data found when processing input", Path("a.wav")) is None
+    True
+    """
+    for message, code in _WRITE_ERRORS.items():
+        if message in stderr:
+            return OSError(code, os.strerror(code), str(output))
+    if any(str(output) in line and "Permission denied" in line for line in stderr.splitlines()):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(output))
+    return None
 
 
 def _last_line(text: str) -> str:
@@ -195,6 +217,7 @@ def extract_wav(video_path: str | Path, wav_path: str | Path, sample_rate: int =
 
     Raises:
         UserError: the video is missing, unreadable, or has no audio track.
+        OSError: the wav could not be written (no space left, read-only or not writable).
     """
     video_path, wav_path = Path(video_path), Path(wav_path)
     if not has_audio_stream(video_path):
@@ -208,6 +231,9 @@ def extract_wav(video_path: str | Path, wav_path: str | Path, sample_rate: int =
     try:
         result = _run_ffmpeg(args)
         if result.returncode != 0 or not tmp_path.is_file():
+            write_error = ffmpeg_write_error(result.stderr, tmp_path)
+            if write_error is not None:
+                raise write_error
             raise UserError(f"cannot extract audio from {video_path}: {_last_line(result.stderr)}")
         n_samples = sf.info(str(tmp_path)).frames
         os.replace(tmp_path, wav_path)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from base.errors import UserError
+from base.errors import MissingTool, UserError
 from base.preprocessing.media import read_wav
 
 logger = logging.getLogger(__name__)
@@ -81,8 +81,10 @@ def import_opensmile() -> Any:
             "in a spawned process whose modules do not import tensorflow at top level, or call "
             "base.preprocessing.opensmile_features.import_opensmile() before importing tensorflow"
         )
-    import opensmile
-
+    try:
+        import opensmile
+    except ImportError as exc:
+        raise MissingTool(f"openSMILE cannot be loaded ({exc}): pip install -r requirements.txt") from None
     return opensmile
 
 

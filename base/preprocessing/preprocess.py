@@ -12,18 +12,28 @@ was imported first in the same process:
 Per-video intermediate arrays are cached in ``OUT/.cache/<video>/`` (each written atomically), so a
 killed run resumes where it stopped; finished trials are skipped; a bad trial is skipped with a
 warning and listed in ``preprocessing_summary.csv``.
+
+A failure of the machine is not a bad trial (``base.preprocessing.failures``): no new work starts,
+finished trials are kept, and ``EnvironmentFailure`` ends the run with one line. A worker process
+that dies is replaced and its videos are retried once (``base.preprocessing.pools``); a video whose
+worker dies twice is given up and named. With ``shard``, only that shard's videos are processed
+(``base.preprocessing.shards``) and the last shard to finish writes the shared files.
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import multiprocessing
 import os
 import shutil
-from collections import defaultdict
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +42,13 @@ import numpy as np
 from tqdm import tqdm
 
 from base import atomic
-from base.errors import UserError
+from base.errors import EnvironmentFailure, MissingTool, UserError
+from base.preprocessing import shards
 from base.preprocessing.annotations import read_annotation
 from base.preprocessing.database import TEST_PARTITION, DatabaseLayout, Trial, discover_trials
+from base.preprocessing.failures import MACHINE, classify, describe_exit
 from base.preprocessing.frames import load_face_frames
+from base.preprocessing.pools import WorkerPool
 from base.safe_pickle import save_pickle
 from configs import FeatureConfig
 
@@ -46,6 +59,12 @@ META_NAME = "meta.json"
 SUMMARY_COLUMNS = ("trial", "partition", "video", "video_frames", "labeled", "missing_faces",
                    "audio_s", "video_s", "status", "message", "openface")
 FEATURE_FILES = ("frame", "mfcc", "egemaps", "vggish", "label")
+# summary statuses: finished now or before; bad input (exit 1); not finished because the machine failed (exit 3)
+OK, DONE_EARLIER, SKIPPED, NOT_DONE = "ok", "done earlier", "skipped", "not done"
+MAX_WORKER_DEATHS = 2  # a video whose worker dies twice is given up (the messages say "twice")
+MAX_UNEXPLAINED_DEATHS = 3  # workers dying on no known video: the machine itself is the problem
+# FeatureConfig fields that change the arrays: every shard of one output must share them
+PLAN_SETTINGS = ("frame_size", "sample_rate", "opensmile_hop_s", "max_label_frame_mismatch")
 
 
 @dataclass
@@ -83,12 +102,53 @@ def write_json_atomic(path: Path, data: Any) -> None:
     atomic.write_text(path, json.dumps(data, indent=1))
 
 
-def prepare_output(output: Path) -> None:
+def prepare_output(output: Path, trials: Sequence[Trial]) -> None:
+    """Create ``npy_data/`` and remove the half-written folders a killed run left for ``trials``.
+
+    Only these trials': another shard may be writing its own ``.tmp-*`` folders at the same time.
+    """
     if output.exists() and not output.is_dir():
         raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
     (output / "npy_data").mkdir(parents=True, exist_ok=True)
-    for stale in (output / "npy_data").glob(".tmp-*"):  # half-written trials of a killed run
-        shutil.rmtree(stale, ignore_errors=True)
+    for trial in trials:
+        shutil.rmtree(output / "npy_data" / f".tmp-{trial.name}", ignore_errors=True)
+
+
+def random_vggish_checkpoint(folder: Path) -> Path:
+    """The demo's random VGGish weights (seed 0) in ``folder``, written once even by concurrent shards.
+
+    Written into a private folder renamed to ``folder`` when complete: a shard never reads another's
+    half-written checkpoint.
+    """
+    path = folder / "vggish_model.ckpt"
+    index = Path(str(path) + ".index")
+    if index.is_file():
+        return path
+    from vggish import checkpoint as vggish_checkpoint
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    staging.chmod(atomic.default_dir_mode())  # readable by the other users of a shared folder
+    try:
+        vggish_checkpoint.write_random_checkpoint(str(staging / path.name), seed=0)
+        try:
+            os.rename(staging, folder)  # fails when another shard got there first
+        except OSError:
+            if not index.is_file():  # an incomplete folder of an older version: replace it
+                shutil.rmtree(folder, ignore_errors=True)
+                os.rename(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def check_tools() -> None:
+    """Fail before any work when ffmpeg or openSMILE is missing (a failure of the machine, exit 3)."""
+    from base.preprocessing.media import find_ffmpeg
+
+    find_ffmpeg()
+    if importlib.util.find_spec("opensmile") is None:
+        raise MissingTool("openSMILE (the opensmile package) is not installed: pip install -r requirements.txt")
 
 
 # ----------------------------------------------------------------------------- worker stages
@@ -96,6 +156,8 @@ def prepare_output(output: Path) -> None:
 
 def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, Any]:
     """Stage 1 (no TensorFlow in this process): probe, wav, MFCC and eGeMAPS of one video."""
+    import soundfile as sf
+
     from base.preprocessing import media, opensmile_features
 
     cache = Path(cache_dir)
@@ -111,6 +173,8 @@ def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, 
     wav = cache / "audio.wav"
     if not wav.is_file():
         info["audio_s"] = media.extract_wav(video_path, wav, sample_rate)
+    elif "audio_s" not in info:  # the wav of a run stopped before video.json was written
+        info["audio_s"] = sf.info(str(wav)).frames / sample_rate
     for name, extract in (("mfcc", opensmile_features.extract_mfcc), ("egemaps", opensmile_features.extract_egemaps)):
         target = cache / f"{name}.npy"
         if not target.is_file():
@@ -189,11 +253,15 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     final = Path(output) / "npy_data" / trial.name
     staging = final.with_name(f".tmp-{trial.name}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name, array in arrays.items():
-        np.save(staging / f"{name}.npy", array)
-    meta = {**result.row(), "fps": fps, "n": len(indices)}
-    (staging / META_NAME).write_text(json.dumps(meta, indent=1))
+    try:
+        staging.mkdir(parents=True)
+        for name, array in arrays.items():
+            np.save(staging / f"{name}.npy", array)
+        meta = {**result.row(), "fps": fps, "n": len(indices)}
+        (staging / META_NAME).write_text(json.dumps(meta, indent=1))
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk: give the space back to the other trials
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -253,47 +321,73 @@ def _run_openface(trials: list[Trial], output: Path, features: FeatureConfig,
     if not todo:
         return
     context = multiprocessing.get_context("spawn")
+    machine_failure = None
     with ProcessPoolExecutor(max(1, features.jobs), mp_context=context) as pool:
         futures = {pool.submit(openface_stage, t, str(output), features): t for t in todo}
         for future in tqdm(futures, desc="openface", disable=quiet):
             trial = futures[future]
             error = future.exception()
-            results[trial.name].openface = "ok" if error is None else _error_message(error)
-            if error is not None:
+            if error is None:
+                results[trial.name].openface = "ok"
+                continue
+            failure = classify(error, output)
+            results[trial.name].openface = failure.message
+            if failure.kind == MACHINE:
+                machine_failure = machine_failure or failure.message
+            else:
                 log.warning("OpenFace features of trial %s: %s (its other features are kept)",
-                            trial.name, _error_message(error))
+                            trial.name, failure.message)
+    if machine_failure is not None:
+        raise EnvironmentFailure(f"OpenFace features: {machine_failure} (the other features of every trial "
+                                 "are kept)")
 
 
 # ----------------------------------------------------------------------------- orchestration
 
 
-def _done_result(output: Path, trial: Trial) -> TrialResult | None:
+def _done_result(output: Path, trial: Trial | shards.PlannedTrial) -> TrialResult | None:
     meta_path = output / "npy_data" / trial.name / META_NAME
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
     result = TrialResult(**{k: meta[k] for k in SUMMARY_COLUMNS if k in meta})
-    result.status = "done earlier"
+    result.status = DONE_EARLIER
     return result
 
 
-def _failed(trial: Trial, message: str) -> TrialResult:
-    return TrialResult(trial.name, trial.partition, trial.video, status="skipped", message=message)
+def _failed(trial: Trial, message: str, status: str = SKIPPED) -> TrialResult:
+    return TrialResult(trial.name, trial.partition, trial.video, status=status, message=message)
 
 
-def _error_message(exc: BaseException) -> str:
-    if isinstance(exc, UserError):
-        return str(exc)
-    return f"internal error {type(exc).__name__}: {exc}"
+def vggish_weights_text(vggish_source: VggishSource) -> str:
+    """What ``dataset_info.pkl`` says about the VGGish weights."""
+    if vggish_source.random_weights:
+        return "RANDOM VGGish weights (demo only: these features carry no AudioSet knowledge)"
+    return f"VGGish checkpoint {vggish_source.checkpoint}"
 
 
 def preprocess_database(database: str | Path, output: str | Path, features: FeatureConfig,
                         vggish_source: VggishSource, quiet: bool = False,
-                        keep_cache: bool = False) -> list[TrialResult]:
-    """Preprocess every trial of ``database`` into ``output``; returns one result per trial."""
+                        keep_cache: bool = False, shard: shards.Shard | None = None) -> list[TrialResult]:
+    """Preprocess every trial of ``database`` (or of one shard) into ``output``; one result per trial.
+
+    Raises:
+        EnvironmentFailure: the machine failed (no space, a dead worker, ...); finished trials are
+            kept, the summary lists what is not done, and ``dataset_info.pkl`` is not written.
+    """
     database, output = Path(database), Path(output)
     trials = discover_trials(database, DatabaseLayout.of(features))
-    prepare_output(output)
+    if shard is not None:
+        if output.exists() and not output.is_dir():
+            raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
+        settings = {key: getattr(features, key) for key in PLAN_SETTINGS}
+        settings["random_vggish_weights"] = vggish_source.random_weights
+        plan = shards.record_plan(output, shards.make_plan(trials, shard.count, settings,
+                                                           vggish_weights_text(vggish_source)))
+        mine = {t.name for t in plan.trials_of(shard.index)}
+        log.info("shard %s: %d of %d trials", shard, len(mine), len(trials))
+        trials = [t for t in trials if t.name in mine]
+    prepare_output(output, trials)
     results: dict[str, TrialResult] = {}
     pending: dict[str, list[Trial]] = defaultdict(list)
     for trial in trials:
@@ -310,75 +404,253 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
                     results[trial.name] = _failed(trial, str(exc))
                     continue
             pending[trial.video].append(trial)
-    n_done = sum(r.status == "done earlier" for r in results.values())
+    n_done = sum(r.status == DONE_EARLIER for r in results.values())
     log.info("%d trials: %d done earlier, %d to process in %d videos", len(trials), n_done,
              sum(map(len, pending.values())), len(pending))
+    machine_failure = None
     if pending:
-        _run_pools(pending, output, features, vggish_source, results, quiet)
+        check_tools()
+        run = _StageRun(pending, output, features, vggish_source, results, quiet)
+        run.run()
+        machine_failure = run.failure_line()
     for video, video_trials in pending.items():
-        if not keep_cache and all(results[t.name].status == "ok" for t in video_trials):
+        if not keep_cache and all(results[t.name].status == OK for t in video_trials):
             shutil.rmtree(output / ".cache" / video, ignore_errors=True)
-    if features.openface_bin or features.openface_output:
+    if machine_failure is None and (features.openface_bin or features.openface_output):
         _run_openface(trials, output, features, results, quiet)
     ordered = [results[t.name] for t in trials]
     for result in ordered:
-        if result.status == "skipped":
+        if result.status == SKIPPED:
             log.warning("skipped trial %s: %s", result.trial, result.message)
-    write_summary(output / SUMMARY_NAME, ordered)
-    write_dataset_info(output, trials, results, vggish_source, features)
+    if machine_failure is not None:
+        n_ready = sum(r.status in (OK, DONE_EARLIER) for r in ordered)
+        _write_results_best_effort(output, ordered, shard)
+        raise EnvironmentFailure(f"{machine_failure} ({n_ready} of {len(ordered)} trials are ready and kept; "
+                                 "rerunning the same command continues)")
+    if shard is None:
+        write_summary(output / SUMMARY_NAME, ordered)
+        write_dataset_info(output, trials, {r.trial for r in ordered if r.status in (OK, DONE_EARLIER)},
+                           vggish_weights_text(vggish_source), features.frame_size)
+    else:
+        shards.write_shard_results(output, shard, [r.row() for r in ordered])
+        finalize_shards(output, must_complete=False)
     return ordered
 
 
-def _run_pools(pending: dict[str, list[Trial]], output: Path, features: FeatureConfig,
-               vggish_source: VggishSource, results: dict[str, TrialResult], quiet: bool) -> None:
-    context = multiprocessing.get_context("spawn")
-    n_audio_workers = max(1, features.jobs)
-    # VGGish is the heaviest stage: half the jobs as processes, the cores shared out as TF threads
-    n_vggish_workers = max(1, min(features.jobs, len(pending)) // 2)
-    vggish_threads = max(1, features.jobs // n_vggish_workers)
-    cache_root = output / ".cache"
-    bars = {name: tqdm(total=total, desc=name, disable=quiet, position=i, leave=True)
-            for i, (name, total) in enumerate((("audio", len(pending)), ("vggish", len(pending)),
-                                               ("trials", sum(map(len, pending.values())))))}
-    with ProcessPoolExecutor(n_audio_workers, mp_context=context) as pool_a, \
-            ProcessPoolExecutor(n_vggish_workers, mp_context=context, initializer=_init_vggish,
-                                initargs=(vggish_source.checkpoint, vggish_source.pca_params,
-                                          features.vggish_batch_size, vggish_threads,
-                                          features.vggish_device)) as pool_b:
-        futures: dict[Future, tuple[str, str, Any]] = {}
-        for video, video_trials in pending.items():
-            cache = str(cache_root / video)
-            future = pool_a.submit(audio_stage, str(video_trials[0].video_path), cache, features.sample_rate)
-            futures[future] = ("audio", video, cache)
-        while futures:
-            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for future in finished:
-                stage, video, payload = futures.pop(future)
-                bars[stage].update(1)
-                error = future.exception()
-                if error is not None:
-                    affected = [payload] if stage == "trials" else pending[video]
-                    for trial in affected:
-                        results[trial.name] = _failed(trial, _error_message(error))
-                    if stage != "trials":
-                        bars["trials"].update(len(affected))
-                        if stage == "audio":
-                            bars["vggish"].update(1)
-                    continue
-                if stage == "audio":
-                    info = future.result()
-                    cache = payload
-                    next_future = pool_b.submit(vggish_stage, cache, info["fps"], info["n_frames"])
-                    futures[next_future] = ("vggish", video, cache)
-                elif stage == "vggish":
-                    cache = str(cache_root / video)
-                    for trial in pending[video]:
-                        next_future = pool_a.submit(trial_stage, trial, cache, str(output), features)
-                        futures[next_future] = ("trials", video, trial)
+def _write_results_best_effort(output: Path, ordered: list[TrialResult], shard: shards.Shard | None) -> None:
+    """The summary (or the shard's results) of a run the machine stopped; a full disk may refuse it too."""
+    try:
+        if shard is None:
+            write_summary(output / SUMMARY_NAME, ordered)
+        else:
+            shards.write_shard_results(output, shard, [r.row() for r in ordered])
+    except OSError as exc:
+        log.warning("could not write the summary either: %s", classify(exc, output).message)
+
+
+def finalize_shards(output: str | Path, must_complete: bool = True) -> list[TrialResult] | None:
+    """Write ``dataset_info.pkl`` and the summary of a sharded output once every trial is there.
+
+    Args:
+        output: the output folder the shards share.
+        must_complete: refuse (``UserError`` listing what is missing) when a trial is not done;
+            else log it and return None (a shard that is not the last to finish).
+
+    Returns:
+        One result per trial of the plan, in the database's order (None when not complete).
+    """
+    output = Path(output)
+    plan = shards.read_plan(output)
+    with shards.finalize_lock(output):
+        rows = shards.read_shard_results(output)
+        results: list[TrialResult] = []
+        missing: list[shards.PlannedTrial] = []
+        for trial in plan.trials:
+            done = _done_result(output, trial)
+            row = rows.get(trial.name)
+            if done is not None:
+                results.append(TrialResult(**row) if row and row["status"] in (OK, DONE_EARLIER) else done)
+            elif row is not None and row["status"] == SKIPPED:
+                results.append(TrialResult(**row))
+            else:
+                missing.append(trial)
+        if missing:
+            message = shards.missing_message(missing, plan)
+            if must_complete:
+                raise UserError(f"cannot finalize: {message}; run (or rerun) those shards, then --finalize")
+            log.info("%s; the last shard to finish (or --finalize) writes dataset_info.pkl", message)
+            return None
+        write_summary(output / SUMMARY_NAME, results)
+        write_dataset_info(output, plan.trials, {r.trial for r in results if r.status != SKIPPED},
+                           plan.vggish_weights, int(plan.settings["frame_size"]))
+    log.info("all %d shards are done: wrote %s and %s", plan.n_shards, output / "dataset_info.pkl",
+             output / SUMMARY_NAME)
+    return results
+
+
+AUDIO, VGGISH, TRIALS = "audio", "vggish", "trials"  # the stages, in order
+
+
+@dataclass(frozen=True)
+class _Task:
+    stage: str
+    video: str
+    trial: Trial | None = None  # the trials stage works on one trial
+
+
+class _StageRun:
+    """The three stages over the pending videos, in two worker pools that survive dead workers.
+
+    A task that fails on bad input skips its trials; one that fails because of the machine stops
+    new work (``stop``); a task whose worker died is retried in a fresh pool, unless its video has
+    now killed ``MAX_WORKER_DEATHS`` workers (``given_up``).
+    """
+
+    def __init__(self, pending: dict[str, list[Trial]], output: Path, features: FeatureConfig,
+                 vggish_source: VggishSource, results: dict[str, TrialResult], quiet: bool) -> None:
+        self.pending, self.output, self.features, self.results = pending, output, features, results
+        self.vggish_source = vggish_source
+        self.cache_root = output / ".cache"
+        self.info: dict[str, dict[str, Any]] = {}  # video -> what the audio stage found
+        self.futures: dict[Future, tuple[_Task, WorkerPool, int]] = {}
+        self.deaths: Counter[str] = Counter()  # video -> workers it killed
+        self.unexplained_deaths = 0
+        self.stop: str | None = None  # the machine failure that stopped new work
+        self.given_up: dict[str, str] = {}  # video -> why
+        totals = ((AUDIO, len(pending)), (VGGISH, len(pending)), (TRIALS, sum(map(len, pending.values()))))
+        self.bars = {name: tqdm(total=total, desc=name, disable=quiet, position=i, leave=True)
+                     for i, (name, total) in enumerate(totals)}
+        self.pools: dict[str, WorkerPool] = {}
+
+    def run(self) -> None:
+        jobs = max(1, self.features.jobs)
+        # VGGish is the heaviest stage: half the jobs as processes, the cores shared out as TF threads
+        n_vggish_workers = max(1, min(jobs, len(self.pending)) // 2)
+        source = self.vggish_source
+        interrupted = False
+        try:
+            self.pools[AUDIO] = self.pools[TRIALS] = WorkerPool(AUDIO, jobs)
+            self.pools[VGGISH] = WorkerPool(
+                VGGISH, n_vggish_workers, initializer=_init_vggish,
+                initargs=(source.checkpoint, source.pca_params, self.features.vggish_batch_size,
+                          max(1, jobs // n_vggish_workers), self.features.vggish_device))
+            for video in self.pending:
+                self._submit(_Task(AUDIO, video))
+            while self.futures:
+                finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    self._collect(future)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            for pool in {id(p): p for p in self.pools.values()}.values():
+                pool.shutdown(terminate=interrupted)
+            for bar in self.bars.values():
+                bar.close()
+        for trials in self.pending.values():
+            for trial in trials:
+                if trial.name not in self.results:
+                    self.results[trial.name] = _failed(trial, str(self.stop), status=NOT_DONE)
+
+    def failure_line(self) -> str | None:
+        """One line on what the machine did to this run, or None."""
+        if self.stop is not None:
+            return self.stop
+        if self.given_up:
+            return "; ".join(f"video {video}: {why}" for video, why in sorted(self.given_up.items()))
+        return None
+
+    def _cache(self, video: str) -> str:
+        return str(self.cache_root / video)
+
+    def _submit(self, task: _Task) -> None:
+        if self.stop is not None:
+            return
+        pool = self.pools[task.stage]
+        if task.stage == AUDIO:
+            video_path = str(self.pending[task.video][0].video_path)
+            args: tuple = (audio_stage, video_path, self._cache(task.video), self.features.sample_rate)
+        elif task.stage == VGGISH:
+            info = self.info[task.video]
+            args = (vggish_stage, self._cache(task.video), info["fps"], info["n_frames"])
+        else:
+            args = (trial_stage, task.trial, self._cache(task.video), str(self.output), self.features)
+        future = pool.submit(task.stage, task.video, *args)
+        self.futures[future] = (task, pool, pool.generation)
+
+    def _collect(self, future: Future) -> None:
+        task, pool, generation = self.futures.pop(future)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._succeeded(task, future.result())
+        elif isinstance(error, BrokenProcessPool):
+            self._worker_died(task, pool, generation)
+        else:
+            failure = classify(error, self.output)
+            if failure.kind == MACHINE:
+                self._stop(failure.message)
+            else:
+                self._fail(task, failure.message, SKIPPED)
+
+    def _succeeded(self, task: _Task, value: Any) -> None:
+        self.bars[task.stage].update(1)
+        if task.stage == AUDIO:
+            self.info[task.video] = value
+            self._submit(_Task(VGGISH, task.video))
+        elif task.stage == VGGISH:
+            for trial in self.pending[task.video]:
+                self._submit(_Task(TRIALS, task.video, trial))
+        else:
+            self.results[task.trial.name] = value
+
+    def _fail(self, task: _Task, message: str, status: str) -> None:
+        """Record the task's trials (all of its video's before the trials stage) as failed."""
+        trials = [task.trial] if task.stage == TRIALS else self.pending[task.video]
+        for trial in trials:
+            if trial.name not in self.results:
+                self.results[trial.name] = _failed(trial, message, status)
+        later = (AUDIO, VGGISH, TRIALS)[(AUDIO, VGGISH, TRIALS).index(task.stage):]
+        for stage in later:
+            self.bars[stage].update(len(trials) if stage == TRIALS else 1)
+
+    def _stop(self, message: str) -> None:
+        """A failure of the machine: start nothing new, let the running tasks finish."""
+        if self.stop is None:
+            self.stop = message
+            log.info("stopping: %s", message)
+        for future in list(self.futures):
+            future.cancel()
+
+    def _worker_died(self, task: _Task, pool: WorkerPool, generation: int) -> None:
+        if pool.generation == generation:  # the first news of this death: replace the pool, find who died
+            dead = pool.restart()
+            explained = [d for d in dead if d.video is not None]
+            for worker in explained:
+                self.deaths[worker.video] += 1
+                how = describe_exit(worker.exitcode)
+                if self.deaths[worker.video] >= MAX_WORKER_DEATHS:
+                    self.given_up[worker.video] = (
+                        f"its worker died twice, the last time in the {worker.stage} stage: it {how}; lower --jobs "
+                        "(or free memory) and rerun")
+                    log.warning("the %s worker on video %s %s again: that video is given up", worker.stage,
+                                worker.video, how)
                 else:
-                    results[payload.name] = future.result()
-    for bar in bars.values():
-        bar.close()
+                    log.warning("the %s worker on video %s %s: retrying its work in a new pool", worker.stage,
+                                worker.video, how)
+            if not explained:
+                self.unexplained_deaths += 1
+                how = describe_exit(dead[0].exitcode) if dead else "died"
+                log.warning("a %s worker %s: retrying its work in a new pool", pool.name, how)
+                if self.unexplained_deaths >= MAX_UNEXPLAINED_DEATHS:
+                    self._stop(f"{pool.name} worker processes keep dying (the last {how}): lower --jobs "
+                               "(or free memory) and rerun")
+        if task.video in self.given_up:
+            self._fail(task, self.given_up[task.video], NOT_DONE)
+        else:
+            self._submit(task)
 
 
 def write_summary(path: Path, results: list[TrialResult]) -> None:
@@ -389,29 +661,27 @@ def write_summary(path: Path, results: list[TrialResult]) -> None:
             writer.writerow(result.row())
 
 
-def write_dataset_info(output: Path, trials: list[Trial], results: dict[str, TrialResult],
-                       vggish_source: VggishSource, features: FeatureConfig) -> None:
-    """``dataset_info.pkl`` in the authors' layout, listing the trials that exist on disk."""
+def write_dataset_info(output: Path, trials: Sequence[Trial | shards.PlannedTrial], ready: set[str],
+                       vggish_weights: str, frame_size: int) -> None:
+    """``dataset_info.pkl`` in the authors' layout, listing the ``ready`` trials that exist on disk."""
     partition: dict[str, dict[str, int]] = {"Train_Set": {}, "Validation_Set": {}, TEST_PARTITION: {}}
     fps: dict[str, float] = {}
     video: dict[str, str] = {}
     for trial in sorted(trials, key=lambda t: t.name):
         meta_path = output / "npy_data" / trial.name / META_NAME
-        if results[trial.name].status == "skipped" or not meta_path.is_file():
+        if trial.name not in ready or not meta_path.is_file():
             continue
         meta = json.loads(meta_path.read_text())
         partition[trial.partition][trial.name] = int(meta["n"])
         fps[trial.name] = float(meta["fps"])
         video[trial.name] = trial.video
-    weights = ("RANDOM VGGish weights (demo only: these features carry no AudioSet knowledge)"
-               if vggish_source.random_weights else f"VGGish checkpoint {vggish_source.checkpoint}")
     info = {
         "partition": partition,
         "fps": fps,
         "video": video,
-        "vggish_weights": weights,
+        "vggish_weights": vggish_weights,
         "egemaps_feature_set": _egemaps_version(),
-        "frame_size": features.frame_size,
+        "frame_size": frame_size,
     }
     save_pickle(info, output / "dataset_info.pkl")
 

@@ -30,11 +30,24 @@ RESUME_CHECKED_SECTIONS = ("model", "train")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file, so a kill never leaves half a file."""
+    """``torch.save`` to ``path`` through a temporary file, so a kill or a full disk never leaves half a file.
+
+    A failed write raises its ``OSError`` (ENOSPC, ...), which the scripts report in one line: torch's
+    zip writer turns it into an opaque ``RuntimeError``, so it is saved through a Python file object
+    whose ``OSError`` is recovered from that ``RuntimeError``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic.atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+    except RuntimeError as exc:
+        failed_write = exc.__context__
+        if not isinstance(failed_write, OSError):
+            raise
+        if failed_write.filename is None:
+            failed_write.filename = str(path)
+        raise failed_write from None
 
 
 def load_torch_file(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
