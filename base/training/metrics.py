@@ -1,5 +1,8 @@
 """Agreement metrics, the CCC loss and the CCC-centering fusion of fold predictions (SPEC §5, §6).
 
+It lives in the training stage, its main user (loss, epoch selection); prediction imports it for the
+fold fusion and the validation figures.
+
 Convention: population statistics (divide by N) in the metric, as AVEC and ``audmetric.concordance_cc``:
 
     CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)
