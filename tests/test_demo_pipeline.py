@@ -6,7 +6,7 @@ guards the frame/label alignment of the whole pipeline)."""
 
 from __future__ import annotations
 
-import re
+import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from base.errors import run_cli
 from base.safe_pickle import load_pickle
 
 pytestmark = pytest.mark.slow
-CCC_LINE = re.compile(r"validation CCC: valence=(-?[0-9.]+) arousal=(-?[0-9.]+)")
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +33,33 @@ def processed_full_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-def _train_demo(dataset: Path, save_path: Path, capsys: pytest.CaptureFixture) -> tuple[float, float]:
+def _train_demo(dataset: Path, save_path: Path) -> tuple[float, float, Path]:
+    """Train the README's demo command; its validation CCC (from metrics.json) and its run folder."""
     argv = ["--demo", "--dataset-path", str(dataset), "--save-path", str(save_path), "--fold", "0",
             "--emotion", "both", "--modality", "frame", "vggish", "mfcc", "--quiet"]
     assert run_cli(main.main, argv) == 0
-    match = CCC_LINE.search(capsys.readouterr().out)
-    assert match, "main.py must print 'validation CCC: valence=... arousal=...'"
-    return float(match.group(1)), float(match.group(2))
+    run = next(p for p in save_path.iterdir() if p.is_dir())
+    validation = json.loads((run / "metrics.json").read_text())["validation"]
+    return validation["valence"]["ccc"], validation["arousal"]["ccc"], run
 
 
-def test_demo_learns_both_dimensions(processed_full_demo: Path, tmp_path: Path, capsys) -> None:
-    valence, arousal = _train_demo(processed_full_demo, tmp_path / "runs", capsys)
+@pytest.fixture(scope="module")
+def demo_run(processed_full_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[float, float, Path]:
+    return _train_demo(processed_full_demo, tmp_path_factory.mktemp("demo_runs"))
+
+
+def test_demo_learns_both_dimensions(demo_run) -> None:
+    valence, arousal, run = demo_run
     assert valence >= 0.5 and arousal >= 0.5, (valence, arousal)
-    run = next((tmp_path / "runs").iterdir())
     for name in ("config.json", "history.csv", "metrics.json", "learning_curves.png", "traces.png", "best.pt"):
         assert (run / name).is_file(), name
+    assert json.loads((run / "config.json").read_text())["train"]["recipe"] == "authors"  # the default recipe
 
 
-def test_labels_moved_to_other_trials_are_not_learned(processed_full_demo: Path, tmp_path: Path, capsys) -> None:
+def test_labels_moved_to_other_trials_are_not_learned(processed_full_demo: Path, demo_run, tmp_path: Path) -> None:
+    # With two validation trials, a model trained on wrong labels still lands on a chance CCC that
+    # spread up to 0.37 (valence, the authors' recipe): the guard is relative to the real labels'
+    # run (much lower on both dimensions) and absolute below the demo's bar of 0.5.
     shuffled = tmp_path / "shuffled"
     shutil.copytree(processed_full_demo, shuffled)
     trials = list(load_pickle(shuffled / "dataset_info.pkl")["partition"]["Train_Set"])
@@ -61,5 +69,8 @@ def test_labels_moved_to_other_trials_are_not_learned(processed_full_demo: Path,
         n = len(labels[index])
         moved = donor[:n] if len(donor) >= n else np.pad(donor, ((0, n - len(donor)), (0, 0)), mode="edge")
         np.save(shuffled / "npy_data" / trial / "label.npy", moved.astype(np.float32))
-    valence, arousal = _train_demo(shuffled, tmp_path / "runs", capsys)
-    assert valence < 0.3 and arousal < 0.3, (valence, arousal)
+    valence, arousal, _run = _train_demo(shuffled, tmp_path / "runs")
+    real_valence, real_arousal, _ = demo_run
+    assert valence < 0.5 and arousal < 0.5, (valence, arousal)
+    assert real_valence - valence >= 0.3 and real_arousal - arousal >= 0.3, (valence, arousal, real_valence,
+                                                                            real_arousal)
