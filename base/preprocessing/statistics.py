@@ -15,9 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from base.data.folds import N_FOLDS, trial_fold_partition
-from base.data.processed import TRAIN_SET, VALIDATION_SET, ProcessedDataset
+from base.data.processed import TEST_SETS, TRAIN_SET, VALIDATION_SET, ProcessedDataset
 
-TARGET_SET = "Target_Set"  # the test trials' statistics, the same for every fold (the authors' name)
+TARGET_SET = TEST_SETS[0]  # the test trials' statistics, the same for every fold (the authors' name)
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def with_target_set(
     """``mean_std`` with ``Target_Set`` statistics of ``features`` computed from the dataset's test trials
     where the file has none (files written before it had them); the file itself is left as it is."""
     missing = [f for f in features if f in mean_std and not any(
-        name in mean_std[f].get(0, {}) for name in (TARGET_SET, "Test_Set"))]
+        name in mean_std[f].get(0, {}) for name in TEST_SETS)]
     if not missing:
         return mean_std
     logger.info("mean_std_dict.pkl has no Target_Set statistics for %s: computing them from the test trials",

@@ -82,7 +82,6 @@ logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = {"valence": 0, "arousal": 1}  # columns of label.npy (SPEC §2)
 CHECKPOINT_FORMAT = 1
-LOSSES = {"authors": authors_ccc_loss, "population": ccc_loss}  # ``ccc_loss`` config key
 
 
 class Precision(enum.StrEnum):
@@ -139,9 +138,8 @@ def weighted_ccc_loss(
         columns = [LABEL_COLUMN[emotion] for emotion in emotions]
         column_weights = torch.tensor(weights, dtype=outputs.dtype).to(outputs.device, non_blocking=True)
         return authors_ccc_loss(outputs, labels[..., columns], mask, column_weights)
-    window_loss = LOSSES[loss]
     losses = [
-        weight * window_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
+        weight * ccc_loss(outputs[..., column], labels[..., LABEL_COLUMN[emotion]], mask)  # (B, T) -> ()
         for column, (emotion, weight) in enumerate(zip(emotions, weights))
     ]
     return torch.stack(losses).mean()
