@@ -46,6 +46,13 @@ AUTHORS = "authors' reader (PIL per frame)"
 CROP = 40
 
 
+def window_place(ref: WindowDataset, index: int) -> tuple[int, int, Path, int]:
+    """Where window ``index`` of ``ref`` lies: trial index, start frame, trial folder, trial length."""
+    trial_index = int(ref.window_trial[index])
+    trial_dir = ref.dataset.trial_dir(ref.trials[trial_index])
+    return trial_index, int(ref.window_start[index]), trial_dir, int(ref.trial_n_frames[trial_index])
+
+
 class NaiveWindowDataset(Dataset):
     """Per window: load every whole trial array, z-score it, slice and pad the window."""
 
@@ -57,10 +64,7 @@ class NaiveWindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         ref = self.ref
-        trial_index = int(ref.window_trial[index])
-        start = int(ref.window_start[index])
-        trial_dir = ref.dataset.trial_dir(ref.trials[trial_index])
-        n_frames = int(ref.trial_n_frames[trial_index])
+        trial_index, start, trial_dir, n_frames = window_place(ref, index)
         length = min(ref.window_length, n_frames - start)
         item = {}
         for modality in ref.modalities:
@@ -111,10 +115,7 @@ class AuthorsStyleWindowDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         ref = self.ref
-        trial_index = int(ref.window_trial[index])
-        start = int(ref.window_start[index])
-        trial_dir = ref.dataset.trial_dir(ref.trials[trial_index])
-        n_frames = int(ref.trial_n_frames[trial_index])
+        trial_index, start, trial_dir, n_frames = window_place(ref, index)
         indices = np.arange(start, min(start + ref.window_length, n_frames))
         item = {}
         for modality in ref.modalities:
