@@ -9,6 +9,7 @@ Modules:
     mel_features  the log-mel spectrogram, pure numpy
     slim_model    the network as a TF1 graph with the release's variable names
     checkpoint    check a user's checkpoint / PCA file; write random ones for the demo and tests
+    network       the network in torch (the vggish.pth layout)
     torch_weights the same weights in PyTorch layout (the authors' vggish.pth): check, map, write
     extractor     ``VggishExtractor``: per-video-frame embeddings, batched
 """
