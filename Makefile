@@ -7,8 +7,13 @@ VENV ?= $(HOME)/.cache/abaw2-lfaf/venv-$(REQ_HASH)
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo_workspace
 PYTEST_ARGS ?=
+# Workers of pytest-xdist (auto: one per core). Expensive inputs (the demo database, its preprocessing,
+# the demo training) are built once and shared by all workers (tests/shared_work.py); loadgroup keeps
+# tests marked xdist_group(NAME) on one worker, and the heaviest tests are collected first.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
-.PHONY: venv demo test lint bench clean-demo
+.PHONY: venv demo test test-fast lint bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -26,9 +31,15 @@ demo: venv
 	$(PY) main.py --demo --dataset-path $(DEMO_DIR)/Affwild2_processed --save-path $(DEMO_DIR)/runs \
 		--fold 0 --emotion both --modality frame vggish mfcc
 
+# Everything CI runs: lint, then the whole suite (slow end-to-end tests included) in parallel.
 test: venv
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+# The developers' inner loop: lint and every test not marked slow (under a minute on 2 cores).
+test-fast: venv
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(PY) -m ruff check .

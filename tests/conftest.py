@@ -22,6 +22,20 @@ import_opensmile()
 
 from base.preprocessing import demo  # noqa: E402
 from configs import DemoConfig  # noqa: E402
+from tests.shared_work import build_once  # noqa: E402
+
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch: N workers with all cores'
+    threads each would oversubscribe the machine and run every model several times slower."""
+    n_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if n_workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_workers))
+
+
+_share_the_cores_among_workers()
 
 TINY_FPS = 10.0
 TINY_SAMPLE_RATE = 16000
@@ -93,9 +107,11 @@ def annotation_file(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo database (2 train videos incl. a two-person one, 1 validation, 1 test)."""
-    root = tmp_path_factory.mktemp("demo") / "Affwild2"
-    return demo.make_demo_database(root, SMALL_DEMO, quiet=True)
+    """A small demo database (4 train videos incl. a two-person one, 1 validation, 1 test), built once
+    for all workers; read-only (copy it to change it)."""
+    folder, _ = build_once(tmp_path_factory, "small_demo",
+                           lambda folder: str(demo.make_demo_database(folder / "Affwild2", SMALL_DEMO, quiet=True)))
+    return folder / "Affwild2"
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +124,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heaviest first: ``heavy``, then ``slow``, then the rest, each in collection order. Under
+    ``--dist loadgroup --no-loadscope-reorder`` the workers take tests in this order, so the demo
+    trainings start at once on different workers instead of ending the run on one of them."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("heavy"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)  # stable

@@ -19,6 +19,7 @@ import preprocessing
 from base.errors import run_cli
 from base.safe_pickle import load_pickle
 from tests.conftest import ROOT, make_tiny_video
+from tests.shared_work import build_once
 
 CHECKER = ROOT.parent / "shared" / "tools" / "check_processed.py"
 pytestmark = pytest.mark.slow
@@ -30,10 +31,15 @@ def _run(argv: list[str]) -> int:
 
 @pytest.fixture(scope="session")
 def processed_demo(demo_database: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output = tmp_path_factory.mktemp("processed") / "Affwild2_processed"
-    assert _run(["--database", str(demo_database), "--output", str(output), "--jobs", "2", "--quiet"]) == 0
-    assert run_cli(calculate_mean_and_std.main, ["--output", str(output), "--quiet"]) == 0
-    return output
+    """The small demo preprocessed (--jobs 2) with its statistics, once for all workers; read-only."""
+
+    def build(folder: Path) -> None:
+        output = folder / "Affwild2_processed"
+        assert _run(["--database", str(demo_database), "--output", str(output), "--jobs", "2", "--quiet"]) == 0
+        assert run_cli(calculate_mean_and_std.main, ["--output", str(output), "--quiet"]) == 0
+
+    folder, _ = build_once(tmp_path_factory, "small_demo_processed", build)
+    return folder / "Affwild2_processed"
 
 
 def _arrays(output: Path) -> dict[str, bytes]:
@@ -110,13 +116,15 @@ def test_labels_survive_into_the_features(processed_demo: Path) -> None:
     assert np.corrcoef(np.concatenate(loudness), labels[:, 1])[0, 1] > 0.4
 
 
-def test_rerun_skips_finished_trials(processed_demo: Path, demo_database: Path, capsys) -> None:
-    before = _arrays(processed_demo)
+def test_rerun_skips_finished_trials(processed_demo: Path, demo_database: Path, tmp_path: Path, capsys) -> None:
+    output = tmp_path / "rerun"
+    shutil.copytree(processed_demo, output)  # the shared output stays as built
+    before = _arrays(output)
     start = time.perf_counter()
-    assert _run(["--database", str(demo_database), "--output", str(processed_demo), "--quiet"]) == 0
+    assert _run(["--database", str(demo_database), "--output", str(output), "--quiet"]) == 0
     assert time.perf_counter() - start < 30
-    assert _arrays(processed_demo) == before
-    summary = list(csv.DictReader(open(processed_demo / "preprocessing_summary.csv")))
+    assert _arrays(output) == before
+    summary = list(csv.DictReader(open(output / "preprocessing_summary.csv")))
     assert {row["status"] for row in summary} == {"done earlier"}
 
 
