@@ -19,6 +19,7 @@ from model import (
     LFAN,
     ChannelAttentionFusion,
     CrossModalAttention,
+    blank_backbones,
     build_model,
     embed_patches,
     load_authors_state_dict,
@@ -171,6 +172,7 @@ def test_their_tcn_equals_ours_with_element_dropout():
     theirs = authors.TemporalConvNet(88, [64, 64, 32, 32], kernel_size=5, dropout=0.2)
     ours = TemporalConvNet(88, (64, 64, 32, 32), kernel_size=5, dropout=0.2, dropout_kind="element")
     assert all(isinstance(block.net[2], nn.Dropout) for block in ours.blocks)
+    assert isinstance(TemporalConvNet(3, (4,)).blocks[0].net[2], nn.Dropout1d)  # ABAW2's default: whole channels
     for their_block, our_block in zip(theirs.network, ours.blocks, strict=True):
         for their_conv, our_conv in ((their_block.conv1, our_block.net[0].conv), (their_block.conv2, our_block.net[3].conv)):
             weights = our_conv.parametrizations.weight
@@ -504,6 +506,17 @@ def test_unreadable_or_foreign_files(tmp_path):
     first_generation = build_model(ModelConfig(modality=("mfcc",)))
     with pytest.raises(UserError, match="fit --model-name lfan or can, not a UnimodalModel"):
         load_authors_state_dict(first_generation, tmp_path / "bad.pth")
+
+
+def test_build_reads_vggish_pth_in_the_authors_layout(vggish, tmp_path):
+    # their AudioBackbone wrapper saves backbone.features.* / backbone.embeddings.*: the prefix is dropped
+    torch.save({f"backbone.{k}": v for k, v in vggish.state_dict().items()}, tmp_path / "vggish.pth")
+    model = build_model(ModelConfig(model_name="can", modality=("logmel",),
+                                    audio_backbone_checkpoint=str(tmp_path / "vggish.pth")))
+    for key, value in vggish.state_dict().items():
+        assert torch.equal(model.audio_backbone.state_dict()[key], value), key
+    blank = blank_backbones(make_config("can", ("logmel", "frame")))
+    assert isinstance(blank.audio, VGGish) and blank.visual is not None and blank.visual.input_size == 40
 
 
 def test_build_needs_vggish_weights_or_random_backbone():
