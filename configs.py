@@ -47,6 +47,8 @@ class Modality(enum.StrEnum):
     EGEMAPS = "egemaps"
     LANDMARK = "flm"
     ACTION_UNIT = "fau"
+    LOGMEL = "logmel"  # VGGish input patches (96 x 64) per frame: the ABAW5 models' audio backbone input
+    EGEMAPS_FUNCTIONALS = "egemaps_functionals"  # 88 eGeMAPS functionals of 1 s per frame (ABAW5)
 
     @property
     def file_stem(self) -> str:
@@ -65,6 +67,8 @@ MODALITY_FILE_STEM = {
     Modality.EGEMAPS: "egemaps",
     Modality.LANDMARK: "landmark",
     Modality.ACTION_UNIT: "au",
+    Modality.LOGMEL: "logmel",
+    Modality.EGEMAPS_FUNCTIONALS: "egemaps_functionals",
 }
 
 MODALITY_FEATURE_DIM = {
@@ -74,7 +78,18 @@ MODALITY_FEATURE_DIM = {
     Modality.EGEMAPS: 23,
     Modality.LANDMARK: 136,
     Modality.ACTION_UNIT: 17,
+    Modality.LOGMEL: 0,  # a (96, 64) log-mel patch per step, embedded by VGGish inside the model
+    Modality.EGEMAPS_FUNCTIONALS: 88,
 }
+
+
+class ModelName(enum.StrEnum):
+    """Model families (``model_name`` config key); ``model.variants`` holds their builders."""
+
+    TWO_D_ONE_D = "2d1d"  # ABAW2 (2021): one modality unimodal, more leader-follower fusion (SPEC §4)
+    LFAN = "lfan"  # ABAW5 (2023): leader-follower attention network (SPEC-ABAW5 §3)
+    CAN = "can"  # ABAW5 (2023): channel attention network (SPEC-ABAW5 §3)
+
 
 EMOTIONS = ("valence", "arousal")
 
@@ -180,6 +195,8 @@ class ModelConfig:
     fusion_dim: int = 32  # key/query/value width of the attentive fusion
     fusion_quirk: bool | None = None  # the authors' query/value-from-key defect (None: from the recipe)
     backbone_chunk_size: int = 512  # frames per backbone pass (bounds memory on long windows)
+    audio_backbone_checkpoint: str = ""  # lfan/can: the authors' vggish.pth (or vggish_model.ckpt)
+    audio_chunk_size: int = 256  # lfan/can: log-mel patches per pass of VGGish's frozen layers (bounds memory)
     follower_mode: str = "fusion"  # how flm/fau enter: as fusion followers
     frozen_batchnorm: str | None = None  # train or eval (None: from the recipe, RECIPE_SETTINGS)
     release_groups: str | None = None  # authors or three_units (None: from the recipe)
@@ -294,8 +311,11 @@ FIELD_HELP: dict[str, str] = {
     "vggish_device": "cpu: hide the GPUs from TensorFlow (embeddings as the CPU build computes them, no GPU memory "
                      "taken); gpu: let VGGish use them (memory allocated as needed)",
     # model
-    "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
-    "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
+    "model_name": "model family: 2d1d (ABAW2: ResNet-50 frames + 1D TCN; one modality: unimodal, more: fusion), "
+                  "lfan or can (ABAW5: IR-50 frames and VGGish log-mel inside the model, modalities frame "
+                  "logmel egemaps_functionals)",
+    "modality": "inputs: frame vggish mfcc egemaps flm fau (2d1d: frame leads the fusion), frame logmel "
+                "egemaps_functionals (lfan/can: the first leads)",
     "emotion": "valence, arousal or both (both: two outputs)",
     "head": "sh: single-headed; mh: both outputs, the chosen emotion's loss weighted x10",
     "backbone_mode": "ir or ir_se (squeeze-excitation) IR-50 backbone",
@@ -310,6 +330,9 @@ FIELD_HELP: dict[str, str] = {
     "fusion_dim": "key/query/value width of the attentive fusion",
     "fusion_quirk": "the authors' defect: follower queries/values computed from their keys",
     "backbone_chunk_size": "frames per backbone pass (bounds memory on long windows)",
+    "audio_backbone_checkpoint": "lfan/can: VGGish weights, the authors' vggish.pth (sucv/ABAW3) or the AudioSet "
+                                 "vggish_model.ckpt; required unless --random-backbone",
+    "audio_chunk_size": "lfan/can: log-mel patches per pass of VGGish's frozen layers (exact; bounds memory)",
     "follower_mode": "how non-leading modalities enter the model",
     "frozen_batchnorm": "frozen backbone BatchNorm while training: train (batch statistics, the authors') or eval",
     "release_groups": "gradual-release groups: authors (ir_se's third group is 2 units) or three_units",
@@ -478,6 +501,15 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
 def validate(config: Config) -> Config:
     """Cross-field checks that a type alone cannot express."""
     m, t = config.model, config.train
+    model_names = [name.value for name in ModelName]
+    if m.model_name.lower() not in model_names:
+        raise UserError(f"config key 'model_name' must be {', '.join(model_names[:-1])} or {model_names[-1]}, "
+                        f"got '{m.model_name}'")
+    if m.model_name != m.model_name.lower():  # the authors spelled -model_name LFAN / CAN
+        config = dataclasses.replace(config, model=dataclasses.replace(m, model_name=m.model_name.lower()))
+        m = config.model
+    if m.audio_chunk_size <= 0:
+        raise UserError(f"config key 'audio_chunk_size' must be positive, got {m.audio_chunk_size}")
     valid_modalities = {mod.value for mod in Modality}
     for name in m.modality:
         if name not in valid_modalities:

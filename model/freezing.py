@@ -7,6 +7,12 @@ The authors select groups by parameter index (their ``base/parameter_control.py`
 their third slice holds only the last two units of stage 3 (18 parameters of 9 per unit), which
 ``release_groups="authors"`` reproduces; ``three_units`` releases three as for ``ir``.
 
+The ABAW5 models (LFAN, CAN; SPEC-ABAW5 §3) release the visual and the audio backbone together,
+three times (their ``base/parameter_control.py`` slices both at each release): the IR-50 groups
+above (``ir``: their slices are those three units) beside VGGish's fully connected layers from the
+last to the first (``embeddings.4``, ``.2``, ``.0``). VGGish's convolutions never train.
+``abaw5_release_groups`` names them relative to the model (``backbone.*``, ``audio_backbone.*``).
+
 ``frozen_batchnorm`` says what frozen backbone parts do while the model trains: ``train`` (the
 authors: ``model.train()`` on the whole model, so frozen BatchNorm layers normalise with batch
 statistics and update their running statistics, and the frozen output layer's dropout is on) or
@@ -24,7 +30,8 @@ from model.ir50 import IR50, stage_unit_indices
 
 @dataclass(frozen=True)
 class ReleaseGroup:
-    """A named set of backbone submodules (names relative to the backbone) released together."""
+    """A named set of backbone submodules released together (names relative to the backbone for the
+    first generation's groups, to the model for ``abaw5_release_groups``)."""
 
     name: str
     module_names: tuple[str, ...]
@@ -45,6 +52,31 @@ AUTHORS_IR_SE_GROUPS = (
 )
 FROZEN_BATCHNORM_MODES = ("train", "eval")
 
+VISUAL_BACKBONE = "backbone"  # attribute of the IR-50 in every model
+AUDIO_BACKBONE = "audio_backbone"  # attribute of VGGish in the ABAW5 models
+AUDIO_RELEASE_LAYERS = ("embeddings.4", "embeddings.2", "embeddings.0")  # VGGish fc2, fc1_2, fc1_1
+
+
+def abaw5_release_groups(visual_groups: tuple[ReleaseGroup, ...] | None, audio: bool) -> tuple[ReleaseGroup, ...]:
+    """The three ABAW5 groups; module names relative to the model.
+
+    Args:
+        visual_groups: the IR-50's groups (``release_groups_for``), or None without a visual backbone.
+        audio: whether the model holds VGGish.
+    """
+    groups = []
+    for index, audio_layer in enumerate(AUDIO_RELEASE_LAYERS):
+        names, modules = [], []
+        if visual_groups is not None:
+            names.append(visual_groups[index].name.removeprefix("backbone."))
+            modules += [f"{VISUAL_BACKBONE}.{name}" for name in visual_groups[index].module_names]
+        if audio:
+            names.append(audio_layer)
+            modules.append(f"{AUDIO_BACKBONE}.{audio_layer}")
+        if modules:
+            groups.append(ReleaseGroup("+".join(names), tuple(modules)))
+    return tuple(groups)
+
 
 def release_groups_for(backbone_mode: str, style: str = "three_units") -> tuple[ReleaseGroup, ...]:
     """The release groups of a backbone: ``style`` ``authors`` or ``three_units`` (see module doc)."""
@@ -53,26 +85,17 @@ def release_groups_for(backbone_mode: str, style: str = "three_units") -> tuple[
     return AUTHORS_IR_SE_GROUPS if style == "authors" and str(backbone_mode) == "ir_se" else RELEASE_GROUPS
 
 
-def apply_release(backbone: IR50, n_released: int, groups: tuple[ReleaseGroup, ...] = RELEASE_GROUPS) -> None:
-    """Freeze the whole backbone, then make the first ``n_released`` of ``groups`` trainable."""
-    if not 0 <= n_released <= len(groups):
-        raise ValueError(f"n_released must be in 0..{len(groups)}, got {n_released}")
-    backbone.requires_grad_(False)
-    for group in groups[:n_released]:
-        for name in group.module_names:
-            backbone.get_submodule(name).requires_grad_(True)
-
-
 def frozen_pieces(backbone: IR50) -> list[nn.Module]:
     """Pieces of the backbone chain without any trainable parameter."""
     return [piece for piece in backbone.pieces() if not any(p.requires_grad for p in piece.parameters())]
 
 
 class ReleasableModel(nn.Module):
-    """Base of every model: holds ``backbone`` (an ``IR50`` or None) and manages its release.
+    """Base of every model: holds ``backbone`` (an ``IR50`` or None) and manages the release.
 
     Models without a frame modality have no backbone and no groups: ``release_groups(0)`` is the
-    only valid call and nothing changes.
+    only valid call and nothing changes. Models with more than one backbone (LFAN, CAN) call
+    ``set_release_plan`` with groups whose module names are relative to the model.
 
     Args:
         backbone: the IR-50, or None.
@@ -89,10 +112,29 @@ class ReleasableModel(nn.Module):
             raise ValueError(f"frozen_batchnorm must be train or eval, got {frozen_batchnorm!r}")
         self.backbone = backbone
         self.frozen_batchnorm = frozen_batchnorm
-        self._groups = release_groups_for(backbone.mode, release_style) if backbone is not None else ()
+        groups = release_groups_for(backbone.mode, release_style) if backbone is not None else ()
+        self.set_release_plan(groups, frozen=("backbone",) if backbone is not None else (), prefix="backbone.")
+
+    def set_release_plan(self, groups: tuple[ReleaseGroup, ...], frozen: tuple[str, ...], prefix: str = "") -> None:
+        """Freeze the submodules named ``frozen``; ``groups`` (names after ``prefix``) release parts of them.
+
+        Resets the release to 0 groups.
+        """
+        self._groups = groups
+        self._frozen_roots = frozen
+        self._group_prefix = prefix
         self._n_released = 0
-        if backbone is not None:
-            apply_release(backbone, 0, self._groups)
+        self._apply_release(0)
+
+    def _apply_release(self, n_released: int) -> None:
+        """Freeze every frozen root, then make the first ``n_released`` groups trainable."""
+        if not 0 <= n_released <= len(self._groups):
+            raise ValueError(f"n_released must be in 0..{len(self._groups)}, got {n_released}")
+        for root in self._frozen_roots:
+            self.get_submodule(root).requires_grad_(False)
+        for group in self._groups[:n_released]:
+            for name in group.module_names:
+                self.get_submodule(self._group_prefix + name).requires_grad_(True)
 
     @property
     def groups(self) -> tuple[ReleaseGroup, ...]:
@@ -116,8 +158,7 @@ class ReleasableModel(nn.Module):
                 f"this model has {len(self.release_group_names)} release groups, "
                 f"cannot release {n_released}"
             )
-        if self.backbone is not None:
-            apply_release(self.backbone, n_released, self._groups)
+        self._apply_release(n_released)
         self._n_released = n_released
         self.train(self.training)  # re-apply eval mode to what is frozen now
 

@@ -5,16 +5,33 @@ levels): two weight-normalised Conv1d layers of kernel ``k``, each followed by L
 dropout, plus a residual (a 1x1 convolution when the width changes). Causal means the output at
 step t sees inputs at steps <= t only: each convolution is padded by ``(k - 1) * d`` on the left,
 which gives the same outputs as the usual "pad both sides, then chomp the right end".
+
+Dropout differs between the authors' two generations: their ABAW2 TCN dropped whole channels
+(``Dropout2d`` on (N, C, T), here ``Dropout1d``), their ABAW5 TCN (sucv/ABAW3
+``models/temporal_convolutional_model.py``) drops single values (``nn.Dropout``): ``TcnDropout``.
+Both have the same modules at the same indices, so state dicts do not depend on it.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+
+
+class TcnDropout(enum.StrEnum):
+    """What a TCN's dropout zeroes: whole channels over time (ABAW2) or single values (ABAW5)."""
+
+    CHANNEL = "channel"
+    ELEMENT = "element"
+
+
+def _dropout(kind: TcnDropout | str, rate: float) -> nn.Module:
+    return nn.Dropout1d(rate) if TcnDropout(kind) is TcnDropout.CHANNEL else nn.Dropout(rate)
 
 
 def causal_padding(kernel_size: int, dilation: int) -> int:
@@ -38,18 +55,19 @@ class TemporalBlock(nn.Module):
     """Two causal convolutions with LeakyReLU and dropout, and a residual connection."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int, dropout: float
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int, dropout: float,
+        dropout_kind: TcnDropout | str = TcnDropout.CHANNEL,
     ) -> None:
         super().__init__()
-        # Dropout1d zeroes whole channels over time: what the authors' Dropout2d on (N, C, T)
-        # tensors did in the PyTorch releases they used.
+        # Dropout1d zeroes whole channels over time: what the authors' ABAW2 Dropout2d on (N, C, T)
+        # tensors did in the PyTorch releases they used; their ABAW5 TCN uses nn.Dropout.
         self.net = nn.Sequential(
             CausalConv1d(in_channels, out_channels, kernel_size, dilation),
             nn.LeakyReLU(),
-            nn.Dropout1d(dropout),
+            _dropout(dropout_kind, dropout),
             CausalConv1d(out_channels, out_channels, kernel_size, dilation),
             nn.LeakyReLU(),
-            nn.Dropout1d(dropout),
+            _dropout(dropout_kind, dropout),
         )
         self.residual: nn.Module = nn.Identity()
         if in_channels != out_channels:
@@ -69,10 +87,12 @@ class TemporalConvNet(nn.Module):
         channels: output width of each level, e.g. (128, 128, 128, 128).
         kernel_size: convolution kernel (5 in the paper).
         dropout: dropout rate after each convolution (0.1 in the paper).
+        dropout_kind: ``channel`` (ABAW2, the default) or ``element`` (ABAW5), see ``TcnDropout``.
     """
 
     def __init__(
-        self, in_channels: int, channels: tuple[int, ...], kernel_size: int = 5, dropout: float = 0.1
+        self, in_channels: int, channels: tuple[int, ...], kernel_size: int = 5, dropout: float = 0.1,
+        dropout_kind: TcnDropout | str = TcnDropout.CHANNEL,
     ) -> None:
         super().__init__()
         if not channels:
@@ -80,7 +100,7 @@ class TemporalConvNet(nn.Module):
         widths = (in_channels, *channels)
         self.blocks = nn.Sequential(
             *(
-                TemporalBlock(widths[level], widths[level + 1], kernel_size, 2**level, dropout)
+                TemporalBlock(widths[level], widths[level + 1], kernel_size, 2**level, dropout, dropout_kind)
                 for level in range(len(channels))
             )
         )

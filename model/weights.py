@@ -10,11 +10,16 @@ Accepted files (all read with ``torch.load(..., weights_only=True)``):
 
 Keys must match exactly; anything else is a ``UserError`` naming the missing, unexpected or
 mis-shaped keys.
+
+``load_authors_state_dict`` reads a whole ABAW5 model saved by the authors' trainer
+(``model_state_dict<ccc>.pth`` of sucv/ABAW3, backbones included) into our LFAN or CAN, renaming
+keys with ``AUTHORS_KEY_RULES``, the one table of their module names against ours.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -190,3 +195,139 @@ def save_authors_checkpoint(backbone: IR50, path: str | Path, n_classes: int = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+# ----------------------------------------------------------------------------- the authors' ABAW5 models
+
+# Our modality names -> theirs (sucv/ABAW3 main.py -modality video logmel egemaps).
+AUTHORS_MODALITY = {"frame": "video", "logmel": "logmel", "egemaps_functionals": "egemaps"}
+
+# Our state-dict key (a full match) -> the authors' keys of the same tensor, the first one read, the
+# others aliases they also save. ``{m}`` is a modality (ModuleDict key), ``{k}`` a modality by its
+# position in the model's order; both written with the authors' modality names. Their TCN blocks
+# (models/temporal_convolutional_model.py) hold each convolution twice, as conv1/conv2 and as
+# net.0/net.4, with torch.nn.utils.weight_norm's weight_g/weight_v; ours use the parametrization
+# (original0 = g, original1 = v).
+_TCN = r"tcns\.(?P<m>\w+)\.blocks\.(?P<i>\d+)\."
+_THEIR_TCN = "temporal.{m}.network.{i}."
+AUTHORS_KEY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # both models: backbones (models/backbone.py VisualBackbone, AudioBackbone), TCNs, BatchNorms
+    (r"backbone\.(?P<rest>.+)", ("spatial.visual.backbone.{rest}",)),
+    (r"visual_logits\.(?P<rest>.+)", ("spatial.visual.logits.{rest}",)),
+    (r"audio_backbone\.(?P<rest>.+)", ("spatial.audio.backbone.{rest}",)),
+    (_TCN + r"net\.0\.conv\.parametrizations\.weight\.original0", (_THEIR_TCN + "conv1.weight_g", _THEIR_TCN + "net.0.weight_g")),
+    (_TCN + r"net\.0\.conv\.parametrizations\.weight\.original1", (_THEIR_TCN + "conv1.weight_v", _THEIR_TCN + "net.0.weight_v")),
+    (_TCN + r"net\.0\.conv\.bias", (_THEIR_TCN + "conv1.bias", _THEIR_TCN + "net.0.bias")),
+    (_TCN + r"net\.3\.conv\.parametrizations\.weight\.original0", (_THEIR_TCN + "conv2.weight_g", _THEIR_TCN + "net.4.weight_g")),
+    (_TCN + r"net\.3\.conv\.parametrizations\.weight\.original1", (_THEIR_TCN + "conv2.weight_v", _THEIR_TCN + "net.4.weight_v")),
+    (_TCN + r"net\.3\.conv\.bias", (_THEIR_TCN + "conv2.bias", _THEIR_TCN + "net.4.bias")),
+    (_TCN + r"residual\.(?P<rest>.+)", (_THEIR_TCN + "downsample.{rest}",)),
+    (r"tcn_norms\.(?P<m>\w+)\.(?P<rest>.+)", ("bn.{m}.{rest}",)),
+    # LFAN (models/model.py LFAN, models/transformer.py MultimodalTransformerEncoder)
+    (r"fusion\.qkv\.(?P<k>\d+)\.(?P<rest>.+)", ("fusion.layers.self_attn.qkv_proj.{k}.{rest}",)),
+    (r"fusion\.out\.(?P<rest>.+)", ("fusion.layers.self_attn.o_proj.{rest}",)),
+    (r"fusion\.norm\.(?P<rest>.+)", ("fusion.layers.norm1.{rest}",)),
+    (r"head\.(?P<rest>weight|bias)", ("regressor.{rest}",)),
+    # CAN (models/model.py CAN, AttentionFusion)
+    (r"fusion\.projections\.(?P<i>\d+)\.(?P<rest>.+)", ("fuse.attn.{i}.{rest}",)),
+    (r"fusion\.gate\.(?P<rest>.+)", ("fuse.weights.{rest}",)),
+    (r"unused_conv\.(?P<rest>.+)", ("conv_c.{rest}",)),
+    (r"head\.fc1\.(?P<rest>.+)", ("fc1.{rest}",)),
+    (r"head\.norm\.(?P<rest>.+)", ("bn1.{rest}",)),
+    (r"head\.fc2\.(?P<rest>.+)", ("fc2.{rest}",)),
+)
+_COMPILED_RULES = tuple((re.compile(pattern), templates) for pattern, templates in AUTHORS_KEY_RULES)
+
+
+def authors_keys(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Each key of ``model.state_dict()`` -> the authors' keys of the same tensor (first: the one read).
+
+    Args:
+        model: an LFAN or CAN (``model.modalities`` gives the order of ``{k}``).
+    """
+    modalities = tuple(getattr(model, "modalities", ()))
+    mapping = {}
+    for key in model.state_dict():
+        for pattern, templates in _COMPILED_RULES:
+            match = pattern.fullmatch(key)
+            if match:
+                fields = match.groupdict()
+                if "m" in fields:
+                    fields["m"] = AUTHORS_MODALITY[fields["m"]]
+                if "k" in fields:
+                    fields["k"] = AUTHORS_MODALITY[modalities[int(fields["k"])]]
+                mapping[key] = tuple(template.format(**fields) for template in templates)
+                break
+        else:
+            raise ValueError(f"no rule of AUTHORS_KEY_RULES names our state-dict key {key!r}")
+    return mapping
+
+
+def load_authors_state_dict(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict saved by the authors' ABAW5 trainer (``model_state_dict<ccc>.pth``) into ``model``.
+
+    Every tensor of ``model`` is replaced (backbones, TCNs, fusion, head, BatchNorm statistics); the
+    file must hold exactly the authors' keys of this model (their aliases included), in the same
+    shapes. BatchNorm batch counters may be absent (files of PyTorch < 0.4.1).
+
+    Args:
+        model: an ``LFAN`` or ``CAN`` built for the file's modalities (``model.build_model``; with
+            ``random_backbone`` no weight file is read to build it).
+        path: the file.
+
+    Raises:
+        UserError: the file is missing or unreadable, or its keys or shapes do not fit ``model``.
+    """
+    from model.abaw5 import Abaw5Model  # the ABAW5 models import this module's neighbours, not it
+
+    if not isinstance(model, Abaw5Model):
+        raise UserError(f"the authors' ABAW5 state dicts fit --model-name lfan or can, not a {type(model).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"authors' state dict {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
+        raise UserError(f"authors' state dict {path} could not be read: it is truncated or not a PyTorch weights "
+                        f"file ({type(exc).__name__})") from None
+    if not isinstance(loaded, Mapping):
+        raise UserError(f"authors' state dict {path} holds a {type(loaded).__name__}, not a state dict")
+    state = _unwrap(loaded)
+    mapping = authors_keys(model)
+    ours = model.state_dict()
+    expected = {theirs: key for key, names in mapping.items() for theirs in names}
+    missing = [k for k in expected if k not in state and not _is_counter(k)]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{names[0]} {tuple(state[names[0]].shape)} vs {tuple(ours[key].shape)}"
+        for key, names in mapping.items()
+        if names[0] in state and tuple(state[names[0]].shape) != tuple(ours[key].shape)
+    ]
+    name = f"{type(model).__name__} reading {' '.join(model.modalities)}"
+    if missing or unexpected or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"missing keys {_show(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys {_show(unexpected)}")
+        if mismatched:
+            problems.append(f"shapes differ (file vs model) for {_show(mismatched)}")
+        raise UserError(f"authors' state dict {path} does not fit this {name}: {'; '.join(problems)}"
+                        f"{_authors_hint(model, state)}")
+    model.load_state_dict({key: state.get(names[0], ours[key]) for key, names in mapping.items()}, strict=True)
+    logger.info("%s: the authors' weights from %s", name, path)
+
+
+def _authors_hint(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """What a mismatch most likely means: another model, other modalities or another number of outputs."""
+    kind = "CAN" if any(k.startswith("fuse.") for k in state) else "LFAN" if any(
+        k.startswith("fusion.layers.") for k in state) else None
+    if kind and kind != type(model).__name__:
+        return f"; the file looks like a {kind} state dict: pass --model-name {kind.lower()}"
+    theirs = {key.split(".")[1] for key in state if key.startswith("temporal.")}
+    wanted = {AUTHORS_MODALITY[m] for m in model.modalities}
+    if theirs and theirs != wanted:
+        to_ours = {v: k for k, v in AUTHORS_MODALITY.items()}
+        listed = " ".join(to_ours.get(m, m) for m in sorted(theirs))
+        return f"; the file's TCNs are for the modalities {listed}: pass --modality with them"
+    return ""

@@ -45,6 +45,8 @@ def test_overrides_nested_and_flat() -> None:
         ({"modality": ["frame", "smell"]}, "unknown modality 'smell'"),
         ({"fold": 6}, "fold 6 is outside 0-5"),
         ({"emotion": "joy"}, "'emotion' must be valence, arousal or both"),
+        ({"model_name": "gru"}, "config key 'model_name' must be 2d1d, lfan or can, got 'gru'"),
+        ({"audio_chunk_size": 0}, "'audio_chunk_size' must be positive"),
         ({"train": 3}, "section 'train' must be a mapping"),
     ],
 )

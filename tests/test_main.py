@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import main
-from base.errors import UserError
+from base.errors import EXIT_USER_ERROR, UserError, run_cli
 from base.training.checkpointing import load_torch_file
 from base.training.run_folder import read_csv
 from configs import Config, apply_overrides, demo_overrides, from_dict, resolve_recipe
@@ -68,6 +68,13 @@ def test_authors_single_dash_flags_parse_like_kebab_flags():
     assert kebab.model.cnn1d_channels == (64, 64) and kebab.train.resume is True
     assert main.parse_config(["-fold", "0", "2"]).train.fold == (0, 2)
     assert main.parse_config(["-emotion", "both"]).model.emotion == "both"
+
+
+def test_model_name_is_one_of_the_registered_models(capsys):
+    assert main.parse_config(["-model_name", "LFAN"]).model.model_name == "lfan"  # the authors' spelling
+    assert main.parse_config(["--model-name", "can"]).model.model_name == "can"
+    assert run_cli(main.main, ["--model-name", "gru"]) == EXIT_USER_ERROR  # before any data is read
+    assert capsys.readouterr().err == "error: config key 'model_name' must be 2d1d, lfan or can, got 'gru'\n"
 
 
 def test_boolean_flags_stand_alone_or_take_0_1():
