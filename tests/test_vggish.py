@@ -24,7 +24,6 @@ from vggish.checkpoint import (
     check_checkpoint,
     check_pca_params,
     load_pca_params,
-    read_checkpoint_variables,
     write_random_checkpoint,
     write_random_pca_params,
 )
@@ -37,6 +36,7 @@ from vggish.mel_features import (
     n_stft_frames,
     periodic_hann,
 )
+from vggish.slim_checkpoint import read_checkpoint_variables
 from vggish.slim_model import variable_shapes
 
 SR = params.SAMPLE_RATE_HZ
