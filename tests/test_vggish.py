@@ -382,11 +382,11 @@ def test_extractor_settings_and_corrupt_data_are_user_errors(checkpoints, tmp_pa
 
 
 def test_a_vggish_worker_hides_the_gpus_before_tensorflow_loads_unless_asked(monkeypatch):
-    import vggish
     from base.preprocessing import preprocess
+    from vggish import extractor
 
     built = []
-    monkeypatch.setattr(vggish, "VggishExtractor", lambda *args, **kwargs: built.append(kwargs))
+    monkeypatch.setattr(extractor, "VggishExtractor", lambda *args, **kwargs: built.append(kwargs))  # the tf engine
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after the test
     preprocess._init_vggish("ckpt", None, 64, 1, "gpu")
     assert built[-1]["device"] == "gpu" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
