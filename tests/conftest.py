@@ -108,3 +108,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def vggish_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same random VGGish weights (seed 0) as the release's single file (``v1``) and as a V2 prefix
+    (``v2``): two 288 MB checkpoints that TensorFlow writes (imported here: use in slow tests only)."""
+    from vggish.checkpoint import write_random_checkpoint
+
+    root = tmp_path_factory.mktemp("vggish")
+    paths = {fmt: root / fmt / "vggish_model.ckpt" for fmt in ("v1", "v2")}
+    for fmt, path in paths.items():
+        write_random_checkpoint(path, seed=0, checkpoint_format=fmt)
+    return paths

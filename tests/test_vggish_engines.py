@@ -5,8 +5,9 @@ from the same weights, through the extractor API and through preprocessing; the 
 Equality is measured as ``max |torch - tf| / max |tf|`` over a whole array (elementwise relative
 differences are meaningless where an embedding crosses zero); the bar is 1e-4.
 
-The fast tests need torch only (a random ``vggish.pth`` written by torch); the slow ones write the
-release's checkpoint formats with random weights (TensorFlow) once per module.
+The fast tests need torch only (a random ``vggish.pth`` written by torch); the slow ones use the
+release's checkpoint formats with random weights (``vggish_checkpoints``, written by TensorFlow once
+per session).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from base.preprocessing import demo
 from configs import Config, DemoConfig, FeatureConfig, apply_overrides
 from tests.conftest import ROOT
 from vggish import params
-from vggish.checkpoint import write_random_checkpoint, write_random_pca_params
+from vggish.checkpoint import write_random_pca_params
 from vggish.engines import VGGISH_ENGINES, VggishEngine, check_engine, make_extractor
 from vggish.extractor import VggishExtractor, gather_patches, patch_starts, prepare_waveform
 from vggish.mel_features import log_mel_spectrogram
@@ -248,22 +249,12 @@ def test_a_torch_vggish_worker_is_built_by_the_pool_initializer(random_pth, monk
 # ----------------------------------------------------------------------------- against TensorFlow
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """The same random weights (seed 0) in the release's single file (v1) and as a V2 prefix."""
-    root = tmp_path_factory.mktemp("vggish_engines")
-    paths = {fmt: root / fmt / "vggish_model.ckpt" for fmt in ("v1", "v2")}
-    for fmt, path in paths.items():
-        write_random_checkpoint(path, seed=0, checkpoint_format=fmt)
-    return paths
-
-
 @pytest.mark.slow  # TensorFlow writes and reads two 288 MB checkpoints
-def test_the_pure_python_reader_gives_tensorflows_values_bit_for_bit(checkpoints, tmp_path):
+def test_the_pure_python_reader_gives_tensorflows_values_bit_for_bit(vggish_checkpoints, tmp_path):
     from vggish.slim_model import import_tensorflow
 
     tf = import_tensorflow()
-    for fmt, path in checkpoints.items():
+    for fmt, path in vggish_checkpoints.items():
         reader = tf.train.load_checkpoint(str(path))
         values = read_slim_checkpoint(path)
         for name, value in values.items():
@@ -272,9 +263,9 @@ def test_the_pure_python_reader_gives_tensorflows_values_bit_for_bit(checkpoints
 
     # bytes damaged in place: TensorFlow's checksums would tell; the reader sees the NaN they make
     damaged = tmp_path / "vggish_model.ckpt"
-    shutil.copy(f"{checkpoints['v2']}.index", f"{damaged}.index")
+    shutil.copy(f"{vggish_checkpoints['v2']}.index", f"{damaged}.index")
     data = Path(f"{damaged}.data-00000-of-00001")
-    shutil.copy(f"{checkpoints['v2']}.data-00000-of-00001", data)
+    shutil.copy(f"{vggish_checkpoints['v2']}.data-00000-of-00001", data)
     with open(data, "r+b") as handle:
         handle.seek(4 * 1000)
         handle.write(np.full(16, np.nan, np.float32).tobytes())
@@ -283,19 +274,19 @@ def test_the_pure_python_reader_gives_tensorflows_values_bit_for_bit(checkpoints
 
 
 @pytest.mark.slow  # TensorFlow
-def test_the_engines_give_the_same_embeddings_of_a_wav(checkpoints, tmp_path):
+def test_the_engines_give_the_same_embeddings_of_a_wav(vggish_checkpoints, tmp_path):
     wav = write_wav(tmp_path / "voice.wav", seconds=4.0)
     fps, n_frames = 30.0, 125  # 4.17 s of video: the last frames reuse the last patch
-    with VggishExtractor(str(checkpoints["v1"]), batch_size=64, num_threads=1) as tf_engine:
+    with VggishExtractor(str(vggish_checkpoints["v1"]), batch_size=64, num_threads=1) as tf_engine:
         expected = tf_engine.embed_wav_file(wav, fps, n_frames)
-    with make_extractor("torch", str(checkpoints["v1"]), batch_size=64, num_threads=1) as torch_engine:
+    with make_extractor("torch", str(vggish_checkpoints["v1"]), batch_size=64, num_threads=1) as torch_engine:
         got = torch_engine.embed_wav_file(wav, fps, n_frames)
     assert expected.shape == got.shape == (n_frames, 128) and expected.std() > 0
     assert relative_difference(got, expected) < EQUALITY
 
 
 @pytest.mark.slow  # a fresh process loads torch and reads the 288 MB release-format checkpoint
-def test_a_torch_worker_embeds_from_the_release_checkpoint_without_tensorflow(checkpoints, tmp_path):
+def test_a_torch_worker_embeds_from_the_release_checkpoint_without_tensorflow(vggish_checkpoints, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     write_wav(cache / "audio.wav", seconds=2.0)
@@ -305,7 +296,7 @@ def test_a_torch_worker_embeds_from_the_release_checkpoint_without_tensorflow(ch
         "preprocess.vggish_stage(sys.argv[2], 10.0, 20); "
         "assert 'tensorflow' not in sys.modules, 'TensorFlow imported'"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(checkpoints["v1"]), str(cache)],
+    result = subprocess.run([sys.executable, "-c", code, str(vggish_checkpoints["v1"]), str(cache)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert np.load(cache / "vggish.npy").shape == (20, 128)
@@ -316,12 +307,12 @@ TINY_DEMO = DemoConfig(demo_n_train_videos=1, demo_n_validation_videos=1, demo_n
 
 
 @pytest.mark.slow  # two preprocessing runs (spawned workers)
-def test_preprocessing_with_the_torch_engine_writes_tfs_vggish_npy(checkpoints, tmp_path):
+def test_preprocessing_with_the_torch_engine_writes_tfs_vggish_npy(vggish_checkpoints, tmp_path):
     database = demo.make_demo_database(tmp_path / "Affwild2", TINY_DEMO, quiet=True)
     outputs = {engine: tmp_path / f"out_{engine}" for engine in VGGISH_ENGINES}
     for engine, output in outputs.items():
         argv = ["--database", str(database), "--output", str(output), "--jobs", "1", "--quiet",
-                "--vggish-checkpoint", str(checkpoints["v2"]), "--vggish-engine", engine]
+                "--vggish-checkpoint", str(vggish_checkpoints["v2"]), "--vggish-engine", engine]
         assert run_cli(preprocessing.main, argv) == 0
     trials = sorted(p.name for p in (outputs["tf"] / "npy_data").iterdir())
     assert len(trials) == 2

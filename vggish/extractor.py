@@ -158,18 +158,39 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 class FrameEmbedder(ABC):
-    """One embedding per video frame of a recording, batched; an engine gives ``_embed_batch``.
+    """One embedding per video frame of a recording, batched; an engine loads the weights
+    (``_load``) and embeds a batch of patches (``_embed_batch``).
 
-    The framing (end padding, log-mel, one patch per video frame), the batches and the PCA
-    postprocessing are the same for every engine, so that the engines differ in their arithmetic
-    only. Use an engine as a context manager, or call ``close``.
+    The settings, the framing (end padding, log-mel, one patch per video frame), the batches and
+    the PCA postprocessing are the same for every engine, so that the engines differ in their
+    arithmetic only. Use an engine as a context manager, or call ``close``.
     """
 
-    def __init__(self, pca_params_path: str | None, batch_size: int, num_threads: int, postprocess: bool) -> None:
-        """Check the settings shared by the engines and read the PCA parameters.
+    def __init__(
+        self,
+        checkpoint_path: str | Path,
+        pca_params_path: str | None = None,
+        batch_size: int = 256,
+        num_threads: int = 1,
+        postprocess: bool = False,
+        device: str = "cpu",
+    ) -> None:
+        """Check the settings and the files, then load the weights into the engine.
+
+        Args:
+            checkpoint_path: ``vggish_model.ckpt`` (the release's single file, a V2 prefix or a folder
+                holding it), or the same weights in PyTorch layout (``vggish.pth``, see
+                ``vggish.torch_weights``).
+            pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with
+                ``postprocess``.
+            batch_size: patches per forward pass (bounds memory).
+            num_threads: the engine's CPU threads (0: the library decides).
+            postprocess: return the AudioSet-style PCA-whitened, 8-bit quantized embedding (values
+                0..255, as float32) instead of the raw pre-PCA embedding the authors stored.
+            device: ``cpu`` or ``gpu`` (what ``gpu`` means is the engine's).
 
         Raises:
-            UserError: a setting is out of range, or the PCA parameters are missing or wrong.
+            UserError: a file is missing or wrong, or a setting is out of range.
         """
         if batch_size < 1:
             raise UserError(f"VGGish batch size must be at least 1, got {batch_size}")
@@ -177,11 +198,17 @@ class FrameEmbedder(ABC):
             raise UserError(f"VGGish threads must be 0 (automatic) or more, got {num_threads}")
         self.batch_size = batch_size
         self.num_threads = num_threads
+        self.device = check_device(device)
         self._closed = False
         self.pca: PcaParams | None = load_pca_params(pca_params_path) if pca_params_path else None
         if postprocess and self.pca is None:
             raise UserError("VGGish postprocessing needs the PCA parameters: pass vggish_pca_params.npz")
         self.postprocess = postprocess
+        self._load(str(checkpoint_path))
+
+    @abstractmethod
+    def _load(self, checkpoint_path: str) -> None:
+        """Check the weight file and load it into the engine (a UserError when it is wrong)."""
 
     @abstractmethod
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
@@ -267,40 +294,19 @@ class FrameEmbedder(ABC):
 class VggishExtractor(FrameEmbedder):
     """The TensorFlow engine: restores the checkpoint into the slim graph once and embeds many recordings.
 
+    ``num_threads`` is TensorFlow's intra- and inter-op threads; ``device="cpu"`` hides the GPUs
+    from TensorFlow, ``gpu`` lets it use them (memory grown as needed). See ``FrameEmbedder`` for
+    the other arguments.
+
     Example::
 
         with VggishExtractor("vggish_model.ckpt") as vggish:
             embeddings = vggish.embed_wav_file("video.wav", fps=30.0, n_frames=900)  # (900, 128)
     """
 
-    def __init__(
-        self,
-        checkpoint_path: str,
-        pca_params_path: str | None = None,
-        batch_size: int = 256,
-        num_threads: int = 1,
-        postprocess: bool = False,
-        device: str = "cpu",
-    ) -> None:
-        """Check the files, build the graph and restore the weights.
+    _session: Any = None
 
-        Args:
-            checkpoint_path: ``vggish_model.ckpt`` (the release's single file or a V2 prefix), or
-                the same weights in PyTorch layout (``vggish.pth``, see ``vggish.torch_weights``).
-            pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with
-                ``postprocess``.
-            batch_size: patches per forward pass (bounds memory).
-            num_threads: TensorFlow intra- and inter-op threads (0: TensorFlow decides).
-            postprocess: return the AudioSet-style PCA-whitened, 8-bit quantized embedding (values
-                0..255, as float32) instead of the raw pre-PCA embedding the authors stored.
-            device: ``cpu`` (TensorFlow sees no GPU) or ``gpu`` (GPUs allowed, memory grown as needed).
-
-        Raises:
-            UserError: a file is missing or wrong, or a setting is out of range.
-        """
-        self._session: Any = None
-        super().__init__(pca_params_path, batch_size, num_threads, postprocess)
-        self.device = check_device(device)
+    def _load(self, checkpoint_path: str) -> None:
         # vggish.pth is read (with torch) before TensorFlow is imported; a TF checkpoint is restored
         torch_values = (torch_weights.load_slim_variables(checkpoint_path)
                         if torch_weights.is_torch_checkpoint(checkpoint_path) else None)
@@ -315,7 +321,7 @@ class VggishExtractor(FrameEmbedder):
         with self._graph.as_default():
             self._features, self._embedding = slim_model.define_vggish()
             saver = tf.train.Saver(var_list=slim_model.vggish_variables(self._graph))
-        self.session_config = session_config(tf, self.device, num_threads)
+        self.session_config = session_config(tf, self.device, self.num_threads)
         self._session = tf.Session(graph=self._graph, config=self.session_config)
         try:
             with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
@@ -330,7 +336,8 @@ class VggishExtractor(FrameEmbedder):
                 f"VGGish checkpoint {checkpoint_path} could not be restored ({reason}); {params.RELEASE_HINT}"
             ) from None
         self._graph.finalize()
-        logger.debug("VGGish restored from %s (batch %d, %d threads, %s)", prefix, batch_size, num_threads, self.device)
+        logger.debug("VGGish restored from %s (batch %d, %d threads, %s)", prefix, self.batch_size, self.num_threads,
+                     self.device)
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(self._embedding, {self._features: batch})  # (B, 128)

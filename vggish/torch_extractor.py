@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,7 +66,12 @@ def _float32_arithmetic(device: torch.device, num_threads: int) -> Iterator[None
 
 
 class TorchVggishExtractor(FrameEmbedder):
-    """Loads VGGish into torch once and embeds many recordings, one patch per video frame.
+    """The torch engine: loads VGGish into torch once and embeds many recordings, one patch per video frame.
+
+    The arguments are ``VggishExtractor``'s (see ``FrameEmbedder``); here a TensorFlow checkpoint
+    is read without TensorFlow, ``num_threads`` is torch's CPU threads while embedding (the
+    process-wide setting comes back after each batch), and ``device="gpu"`` is the first CUDA GPU
+    torch sees (a UserError when there is none).
 
     Example::
 
@@ -75,40 +79,16 @@ class TorchVggishExtractor(FrameEmbedder):
             embeddings = vggish.embed_wav_file("video.wav", fps=30.0, n_frames=900)  # (900, 128)
     """
 
-    def __init__(
-        self,
-        checkpoint_path: str | Path,
-        pca_params_path: str | None = None,
-        batch_size: int = 256,
-        num_threads: int = 1,
-        postprocess: bool = False,
-        device: str = "cpu",
-    ) -> None:
-        """Check the files and load the weights; the arguments are ``VggishExtractor``'s.
+    _network: torch.nn.Module | None = None
 
-        Args:
-            checkpoint_path: ``vggish_model.ckpt`` (V1 file, V2 prefix, or a folder holding it; read
-                without TensorFlow) or the authors' ``vggish.pth``.
-            pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with ``postprocess``.
-            batch_size: patches per forward pass (bounds memory).
-            num_threads: torch CPU threads while embedding (0: torch's setting); the process-wide
-                setting is restored after each batch.
-            postprocess: return the PCA-whitened, 8-bit quantized embedding (0..255, as float32).
-            device: ``cpu``, or ``gpu``: the first CUDA GPU torch sees (an error when there is none).
-
-        Raises:
-            UserError: a file is missing or wrong, a setting is out of range, or no GPU for ``gpu``.
-        """
-        self._network: torch.nn.Module | None = None
-        super().__init__(pca_params_path, batch_size, num_threads, postprocess)
-        self.device = check_device(device)
+    def _load(self, checkpoint_path: str) -> None:
         self.torch_device = torch_device(self.device)
         network = load_vggish(checkpoint_path, self.torch_device)
         network.requires_grad_(False)
         # channels-last feature maps: the CPU max-pools ran ~4x faster (0.68 -> 0.18 s per 64 patches)
         self._network = network.to(memory_format=torch.channels_last)
-        logger.debug("VGGish (torch) loaded from %s (batch %d, %d threads, %s)", checkpoint_path, batch_size,
-                     num_threads, self.torch_device)
+        logger.debug("VGGish (torch) loaded from %s (batch %d, %d threads, %s)", checkpoint_path, self.batch_size,
+                     self.num_threads, self.torch_device)
 
     def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
         assert self._network is not None
