@@ -92,6 +92,7 @@ class ModelName(enum.StrEnum):
 
 
 EMOTIONS = ("valence", "arousal")
+VGGISH_ENGINES = ("tf", "torch")  # the values of vggish.engines.VggishEngine (configs imports no vggish code)
 
 # A JSON/YAML config file read when no --config is given (IDE users: put its path here); the
 # environment variable wins over it. Empty: none.
@@ -164,6 +165,7 @@ class FeatureConfig:
     vggish_batch_size: int = 64  # patches per VGGish forward pass (bounds memory; 256 costs +500 MiB, no faster)
     vggish_checkpoint: str = ""  # vggish_model.ckpt of the AudioSet release, or the authors' vggish.pth
     vggish_pca_params: str = ""  # vggish_pca_params.npz (kept for completeness; embedding is pre-PCA)
+    vggish_engine: str = "tf"  # tf: the slim graph in TensorFlow (the authors'); torch: vggish/network.py (CPU or GPU)
     jobs: int = 1  # worker processes over videos
     max_label_frame_mismatch: float = 0.1  # tolerated |labels - video frames| / video frames
     openface_bin: str = ""  # OpenFace FeatureExtraction binary (optional)
@@ -297,6 +299,8 @@ FIELD_HELP: dict[str, str] = {
     "vggish_checkpoint": "vggish_model.ckpt of the AudioSet VGGish release, or the same weights in PyTorch "
                          "layout (the authors' vggish.pth, sucv/ABAW3); required except for the demo",
     "vggish_pca_params": "vggish_pca_params.npz of the release (checked; the stored embedding is pre-PCA)",
+    "vggish_engine": "tf: VGGish as the authors ran it (TensorFlow, slim graph); torch: the same network in torch, "
+                     "on the GPU with --vggish-device gpu (vggish.npy equal to tf's within 1e-4)",
     "jobs": "worker processes over videos",
     "max_label_frame_mismatch": "largest tolerated |annotation rows - video frames| / video frames",
     "openface_bin": "OpenFace FeatureExtraction binary: adds landmark.npy and au.npy (optional, not bundled)",
@@ -309,7 +313,8 @@ FIELD_HELP: dict[str, str] = {
     "test_list": "the organisers' test-set list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt, "
                  "one trial name per line); default: cropped_aligned folders without a VA annotation",
     "vggish_device": "cpu: hide the GPUs from TensorFlow (embeddings as the CPU build computes them, no GPU memory "
-                     "taken); gpu: let VGGish use them (memory allocated as needed)",
+                     "taken); gpu: let VGGish use them (memory allocated as needed; with --vggish-engine torch: the "
+                     "first CUDA GPU, an error when torch sees none)",
     # model
     "model_name": "model family: 2d1d (ABAW2: ResNet-50 frames + 1D TCN; one modality: unimodal, more: fusion), "
                   "lfan or can (ABAW5: IR-50 frames and VGGish log-mel inside the model, modalities frame "
@@ -545,6 +550,9 @@ def validate(config: Config) -> Config:
             raise UserError(f"config key '{key}' must be {shown} (or unset: from the recipe), got {value!r}")
     if t.num_workers < -1:
         raise UserError(f"config key 'num_workers' must be -1 (auto), 0 or more, got {t.num_workers}")
+    if config.features.vggish_engine not in VGGISH_ENGINES:
+        raise UserError(f"config key 'vggish_engine' must be {' or '.join(VGGISH_ENGINES)}, got "
+                        f"'{config.features.vggish_engine}'")
     if config.features.vggish_device not in ("cpu", "gpu"):
         raise UserError(f"config key 'vggish_device' must be cpu or gpu, got '{config.features.vggish_device}'")
     return config

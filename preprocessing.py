@@ -75,7 +75,12 @@ def resolve_vggish(features: configs.FeatureConfig, database: Path, output: Path
     from base.preprocessing.demo import MARKER
     from base.preprocessing.preprocess import VggishSource, random_vggish_checkpoint
     from vggish import checkpoint as vggish_checkpoint
+    from vggish.engines import VggishEngine
 
+    if features.vggish_engine == VggishEngine.TORCH and features.vggish_device == "gpu":
+        from vggish.torch_extractor import torch_device
+
+        torch_device(features.vggish_device)  # no GPU for torch: one line now, not a broken worker pool later
     if features.vggish_checkpoint:
         vggish_checkpoint.check_checkpoint(features.vggish_checkpoint)
         if features.vggish_pca_params:

@@ -53,11 +53,9 @@ from base.data.processed import ProcessedDataset  # noqa: E402
 from base.data.windowing import overlap_average, window_lengths, window_starts  # noqa: E402
 from base.training.metrics import evaluate_partition  # noqa: E402
 from benchmarks import loader as loader_bench  # noqa: E402
-from benchmarks import model_step  # noqa: E402
+from benchmarks import model_step, vggish_memory  # noqa: E402
 from configs import DemoConfig, FeatureConfig  # noqa: E402
 from tests.processed_helpers import make_processed_dataset  # noqa: E402
-
-VGGISH_BENCH = REPO / "benchmarks" / "vggish_memory.py"
 
 
 @dataclass(frozen=True)
@@ -118,10 +116,10 @@ def make_demo_video(root: Path, seconds: float, fps: float):
     return trial
 
 
-def vggish_run(checkpoint: str, wav: Path, minutes: float, fps: float, batch_size: int, threads: int) -> dict:
+def vggish_run(checkpoint: str, wav: Path, minutes: float, fps: float, batch_size: int, threads: int,
+               engine: str = "tf") -> dict:
     """``benchmarks/vggish_memory.py``'s measurement of one wav, in a fresh process."""
-    command = [sys.executable, str(VGGISH_BENCH), "--child", "--minutes", repr(minutes), "--fps", repr(fps),
-               "--batch-size", str(batch_size), "--threads", str(threads), "--checkpoint", checkpoint, "--wav", str(wav)]
+    command = vggish_memory.child_command(checkpoint, wav, minutes, fps, batch_size, threads, engine)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -149,12 +147,12 @@ def preprocessing_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
         np.save(cache / ("mfcc.npy" if "MFCC" in name else "egemaps.npy"), features.astype(np.float32))
 
     checkpoint = str(tmp / "vggish" / "vggish_model.ckpt")
-    subprocess.run([sys.executable, "-c", "import sys; from vggish.checkpoint import write_random_checkpoint; "
-                    "write_random_checkpoint(sys.argv[1])", checkpoint], check=True, cwd=REPO, capture_output=True,
-                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    vggish_memory.write_random_weights(Path(checkpoint))
     minutes = info.n_frames / info.fps / 60.0
     batched = vggish_run(checkpoint, wav, minutes, info.fps, FeatureConfig().vggish_batch_size, args.vggish_threads)
     whole = vggish_run(checkpoint, wav, minutes, info.fps, info.n_frames, args.vggish_threads)
+    torch_engine = vggish_run(checkpoint, wav, minutes, info.fps, FeatureConfig().vggish_batch_size,
+                              args.vggish_threads, engine="torch")
 
     # the per-trial stage reads vggish.npy: its values do not change the stage's time
     np.save(cache / "vggish.npy", np.zeros((info.n_frames, 128), np.float32))
@@ -173,6 +171,9 @@ def preprocessing_rows(args: argparse.Namespace, tmp: Path) -> list[Row]:
     vggish_whole = whole["embed_s"] / video_minutes
     rows.append(Row(f"preprocess: VGGish (batch {FeatureConfig().vggish_batch_size})", f"{vggish_ours:.2f} s/video-min",
                     "whole video, 1 batch", f"{vggish_whole:.2f} s/video-min", vggish_whole / vggish_ours))
+    vggish_torch = torch_engine["embed_s"] / video_minutes
+    rows.append(Row("preprocess: VGGish, --vggish-engine torch (CPU)", f"{vggish_torch:.2f} s/video-min",
+                    "--vggish-engine tf", f"{vggish_ours:.2f} s/video-min", vggish_ours / vggish_torch))
     name = "trial (faces, sampling, npy)"
     rows.append(Row(f"preprocess: {name}", f"{per_minute[name]:.2f} s/video-min", "real time", "60 s/video-min",
                     60.0 / per_minute[name]))

@@ -7,11 +7,12 @@ at ``--fps`` (one 0.96 s patch per video frame) and reports its peak resident se
 grow with the length of the audio (target: 10 minutes within 1.2x of 1 minute).
 
 Without ``--checkpoint`` a random-weight checkpoint with the release's variable names is written
-to a temporary folder (speed and memory do not depend on the weights).
+to a temporary folder (speed and memory do not depend on the weights). ``--engine torch`` measures
+the torch engine instead of TensorFlow's (``benchmarks/vggish_engines.py`` compares the two).
 
 Usage:
     python benchmarks/vggish_memory.py [--minutes 1 10] [--fps 30] [--batch-size 256] [--threads 1]
-                                       [--checkpoint vggish_model.ckpt]
+                                       [--checkpoint vggish_model.ckpt] [--engine tf|torch]
 """
 
 from __future__ import annotations
@@ -53,22 +54,40 @@ def write_test_wav(path: Path, minutes: float, seed: int = 0) -> None:
 
 def child(args: argparse.Namespace) -> int:
     """Embed one wav in this (fresh) process and print one JSON line of measurements."""
-    from vggish import VggishExtractor
+    from vggish.engines import make_extractor
 
     n_frames = int(round(args.minutes * 60 * args.fps))
     start = time.perf_counter()
-    with VggishExtractor(args.checkpoint, batch_size=args.batch_size, num_threads=args.threads) as vggish:
+    with make_extractor(args.engine, args.checkpoint, batch_size=args.batch_size, num_threads=args.threads,
+                        device=args.device) as vggish:
         restored_mib = peak_rss_mib()
         restore_s = time.perf_counter() - start
         start = time.perf_counter()
         embeddings = vggish.embed_wav_file(args.wav, args.fps, n_frames)
         embed_s = time.perf_counter() - start
     assert embeddings.shape == (n_frames, 128) and np.isfinite(embeddings).all()
+    if args.save:
+        np.save(args.save, embeddings)
     print(json.dumps({
         "minutes": args.minutes, "n_frames": n_frames, "restored_mib": restored_mib,
         "peak_mib": peak_rss_mib(), "restore_s": restore_s, "embed_s": embed_s,
+        "tensorflow_imported": "tensorflow" in sys.modules, "torch_imported": "torch" in sys.modules,
     }))
     return 0
+
+
+def child_command(checkpoint: str, wav: Path, minutes: float, fps: float, batch_size: int, threads: int,
+                  engine: str = "tf", device: str = "cpu", save: str = "") -> list[str]:
+    """The command line of one measurement in a fresh process (its last stdout line is JSON)."""
+    return [sys.executable, str(Path(__file__).resolve()), "--child", "--minutes", repr(minutes), "--fps", repr(fps),
+            "--batch-size", str(batch_size), "--threads", str(threads), "--checkpoint", checkpoint, "--wav", str(wav),
+            "--engine", engine, "--device", device, "--save", save]
+
+
+def write_random_weights(path: Path) -> None:
+    """Random weights in the release's variable names, written by a separate process (this one stays TF-free)."""
+    subprocess.run([sys.executable, "-c", "import sys; from vggish.checkpoint import write_random_checkpoint; "
+                    "write_random_checkpoint(sys.argv[1])", str(path)], check=True, cwd=REPO, capture_output=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 10.0])
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="TensorFlow intra/inter-op threads (torch: CPU threads)")
     parser.add_argument("--checkpoint", default="", help="vggish_model.ckpt (default: random weights)")
+    parser.add_argument("--engine", default="tf", choices=("tf", "torch"), help="VGGish engine (default: tf)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"), help="VGGish device (default: cpu)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--wav", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--save", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         args.minutes = args.minutes[0]
@@ -89,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint
         if not checkpoint:
             checkpoint = str(Path(tmp) / "vggish_model.ckpt")
-            # Written by a separate process so that this one never imports TensorFlow.
-            subprocess.run([sys.executable, "-c", "import sys; from vggish.checkpoint import "
-                            "write_random_checkpoint; write_random_checkpoint(sys.argv[1])", checkpoint],
-                           check=True, cwd=REPO)
-        print(f"VGGish, {args.fps:g} fps, batch {args.batch_size}, {args.threads} TF thread(s), "
-              f"checkpoint {'random' if not args.checkpoint else args.checkpoint}")
+            write_random_weights(Path(checkpoint))
+        print(f"VGGish ({args.engine} engine, {args.device}), {args.fps:g} fps, batch {args.batch_size}, "
+              f"{args.threads} thread(s), checkpoint {'random' if not args.checkpoint else args.checkpoint}")
         header = (f"{'audio min':>9} {'frames':>7} {'RSS after restore MiB':>22} {'peak RSS MiB':>13} "
                   f"{'restore s':>10} {'embed s':>8} {'s / audio min':>14}")
         print(header)
@@ -103,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         for minutes in args.minutes:
             wav = Path(tmp) / f"audio_{minutes:g}min.wav"
             write_test_wav(wav, minutes)
-            command = [sys.executable, __file__, "--child", "--minutes", str(minutes), "--fps", str(args.fps),
-                       "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                       "--checkpoint", checkpoint, "--wav", str(wav)]
+            command = child_command(checkpoint, wav, minutes, args.fps, args.batch_size, args.threads,
+                                    args.engine, args.device)
             result = subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO)
             row = json.loads(result.stdout.strip().splitlines()[-1])
             rows.append(row)

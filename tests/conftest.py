@@ -126,6 +126,22 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def vggish_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same random VGGish weights (seed 0) as the release's single file (``v1``) and as a V2 prefix
+    (``v2``): two 288 MB checkpoints that TensorFlow writes (imported here: use in slow tests only)."""
+    from vggish.checkpoint import write_random_checkpoint
+
+    formats = ("v1", "v2")
+
+    def build(root: Path) -> None:
+        for fmt in formats:
+            write_random_checkpoint(root / fmt / "vggish_model.ckpt", seed=0, checkpoint_format=fmt)
+
+    root, _ = build_once(tmp_path_factory, "random_vggish_checkpoints", build)  # once for all workers
+    return {fmt: root / fmt / "vggish_model.ckpt" for fmt in formats}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Heaviest first: ``heavy``, then ``slow``, then the rest, each in collection order. Under
     ``--dist loadgroup --no-loadscope-reorder`` the workers take tests in this order, so the demo

@@ -1,7 +1,7 @@
 """VGGish: log-mel maths, patch placement, checkpoint/PCA checks, and the network on a sine.
 
 TensorFlow is imported only by the fixtures and tests that need it (never at collection time), and
-the 288 MB random checkpoints are written once per module.
+the 288 MB random checkpoints are written once per session (``vggish_checkpoints``, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from vggish.checkpoint import (
     check_checkpoint,
     check_pca_params,
     load_pca_params,
-    read_checkpoint_variables,
-    write_random_checkpoint,
     write_random_pca_params,
 )
 from vggish.extractor import VggishExtractor, gather_patches, patch_starts, prepare_waveform, to_float_mono
@@ -37,6 +35,7 @@ from vggish.mel_features import (
     n_stft_frames,
     periodic_hann,
 )
+from vggish.slim_checkpoint import read_checkpoint_variables
 from vggish.slim_model import variable_shapes
 
 SR = params.SAMPLE_RATE_HZ
@@ -270,32 +269,22 @@ def test_truncated_v1_checkpoint_is_reported(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """The same random weights in both formats: the release's single file and a V2 prefix."""
-    root = tmp_path_factory.mktemp("vggish")
-    paths = {fmt: root / fmt / "vggish_model.ckpt" for fmt in ("v1", "v2")}
-    for fmt, path in paths.items():
-        write_random_checkpoint(path, seed=0, checkpoint_format=fmt)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def extractor(checkpoints):
-    with VggishExtractor(str(checkpoints["v2"]), batch_size=256, num_threads=1) as vggish:
+def extractor(vggish_checkpoints):
+    with VggishExtractor(str(vggish_checkpoints["v2"]), batch_size=256, num_threads=1) as vggish:
         yield vggish
 
 
 @pytest.mark.slow  # needs TensorFlow
-def test_random_checkpoints_hold_the_release_variables(checkpoints):
-    v1 = checkpoints["v1"]
+def test_random_checkpoints_hold_the_release_variables(vggish_checkpoints):
+    v1 = vggish_checkpoints["v1"]
     assert sorted(v1.parent.iterdir()) == [v1]  # one file, as released
-    assert (checkpoints["v2"].parent / "vggish_model.ckpt.index").is_file()
-    for path in checkpoints.values():
+    assert (vggish_checkpoints["v2"].parent / "vggish_model.ckpt.index").is_file()
+    for path in vggish_checkpoints.values():
         found = read_checkpoint_variables(path)
         assert {name: entry.shape for name, entry in found.items()} == variable_shapes()
         assert check_checkpoint(path) == str(path)
-    assert check_checkpoint(checkpoints["v1"].parent) == str(v1)  # a folder holding it
-    assert check_checkpoint(f"{checkpoints['v2']}.index") == str(checkpoints["v2"])
+    assert check_checkpoint(vggish_checkpoints["v1"].parent) == str(v1)  # a folder holding it
+    assert check_checkpoint(f"{vggish_checkpoints['v2']}.index") == str(vggish_checkpoints["v2"])
 
 
 @pytest.mark.slow  # needs TensorFlow
@@ -312,14 +301,14 @@ def test_graph_has_the_release_names(extractor):
 
 
 @pytest.mark.slow  # needs TensorFlow
-def test_embed_frames_on_a_sine(extractor, checkpoints):
+def test_embed_frames_on_a_sine(extractor, vggish_checkpoints):
     waveform, fps, n_frames = sine(440.0, 3.0), 10.0, 35  # 35 frames > 3 s of video: the end repeats
     first = extractor.embed_frames(waveform, SR, fps, n_frames)
     assert first.shape == (n_frames, 128) and first.dtype == np.float32
     assert np.isfinite(first).all() and first.std() > 0
     np.testing.assert_array_equal(extractor.embed_frames(waveform, SR, fps, n_frames), first)
 
-    with VggishExtractor(str(checkpoints["v1"]), batch_size=7) as small_batches:
+    with VggishExtractor(str(vggish_checkpoints["v1"]), batch_size=7) as small_batches:
         np.testing.assert_allclose(small_batches.embed_frames(waveform, SR, fps, n_frames), first,
                                    rtol=1e-4, atol=1e-4)
 
@@ -347,22 +336,22 @@ def test_embed_wav_file_reads_int16(extractor, tmp_path):
 
 
 @pytest.mark.slow  # needs TensorFlow
-def test_postprocess_uses_the_pca_params(checkpoints, tmp_path):
+def test_postprocess_uses_the_pca_params(vggish_checkpoints, tmp_path):
     pca_path = tmp_path / "vggish_pca_params.npz"
     write_random_pca_params(pca_path)
     with pytest.raises(UserError, match="postprocessing needs the PCA parameters"):
-        VggishExtractor(str(checkpoints["v2"]), postprocess=True)
-    with VggishExtractor(str(checkpoints["v2"]), str(pca_path), postprocess=True) as vggish:
+        VggishExtractor(str(vggish_checkpoints["v2"]), postprocess=True)
+    with VggishExtractor(str(vggish_checkpoints["v2"]), str(pca_path), postprocess=True) as vggish:
         out = vggish.embed_frames(sine(440.0, 1.0), SR, 5.0, 5)
     assert out.shape == (5, 128) and out.dtype == np.float32
     assert out.min() >= 0 and out.max() <= 255 and np.all(out == np.round(out))
 
 
 @pytest.mark.slow  # needs TensorFlow
-def test_extractor_settings_and_corrupt_data_are_user_errors(checkpoints, tmp_path):
+def test_extractor_settings_and_corrupt_data_are_user_errors(vggish_checkpoints, tmp_path):
     with pytest.raises(UserError, match="batch size must be at least 1"):
-        VggishExtractor(str(checkpoints["v2"]), batch_size=0)
-    source = checkpoints["v2"]
+        VggishExtractor(str(vggish_checkpoints["v2"]), batch_size=0)
+    source = vggish_checkpoints["v2"]
     copy = tmp_path / "vggish_model.ckpt"
     shutil.copy(f"{source}.index", f"{copy}.index")
     data = Path(f"{copy}.data-00000-of-00001")
@@ -382,11 +371,11 @@ def test_extractor_settings_and_corrupt_data_are_user_errors(checkpoints, tmp_pa
 
 
 def test_a_vggish_worker_hides_the_gpus_before_tensorflow_loads_unless_asked(monkeypatch):
-    import vggish
     from base.preprocessing import preprocess
+    from vggish import extractor
 
     built = []
-    monkeypatch.setattr(vggish, "VggishExtractor", lambda *args, **kwargs: built.append(kwargs))
+    monkeypatch.setattr(extractor, "VggishExtractor", lambda *args, **kwargs: built.append(kwargs))  # the tf engine
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # restored after the test
     preprocess._init_vggish("ckpt", None, 64, 1, "gpu")
     assert built[-1]["device"] == "gpu" and os.environ["CUDA_VISIBLE_DEVICES"] == "0"
@@ -400,14 +389,14 @@ def test_a_vggish_worker_hides_the_gpus_before_tensorflow_loads_unless_asked(mon
 
 
 @pytest.mark.slow  # needs TensorFlow
-def test_the_vggish_device_reaches_the_tensorflow_session(extractor, checkpoints):
+def test_the_vggish_device_reaches_the_tensorflow_session(extractor, vggish_checkpoints):
     from vggish.slim_model import import_tensorflow
 
     assert extractor.device == "cpu"
     assert extractor.session_config.device_count["GPU"] == 0 and not extractor.session_config.gpu_options.allow_growth
     assert import_tensorflow().config.get_visible_devices("GPU") == []
     assert extractor.session_config.intra_op_parallelism_threads == 1
-    with VggishExtractor(str(checkpoints["v2"]), num_threads=1, device="gpu") as on_gpu:
+    with VggishExtractor(str(vggish_checkpoints["v2"]), num_threads=1, device="gpu") as on_gpu:
         assert on_gpu.session_config.gpu_options.allow_growth and "GPU" not in on_gpu.session_config.device_count
         patches = np.random.default_rng(0).normal(size=(3, 96, 64)).astype(np.float32)
         np.testing.assert_array_equal(on_gpu.embed_patches(patches), extractor.embed_patches(patches))  # no GPU here

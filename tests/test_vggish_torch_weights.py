@@ -2,7 +2,7 @@
 embeddings as the TensorFlow checkpoint through the extractor and through preprocessing.
 
 The fast tests need torch only: their state dicts are zero-stride tensors of the real shapes, a
-few bytes on disk. The slow ones write a random 288 MB checkpoint (TensorFlow) once per module.
+few bytes on disk. The slow ones use a random 288 MB checkpoint (TensorFlow writes it once per session).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from base.preprocessing import demo
 from configs import DemoConfig
 from tests.conftest import ROOT
 from vggish import params
-from vggish.checkpoint import check_checkpoint, write_random_checkpoint
+from vggish.checkpoint import check_checkpoint
 from vggish.extractor import VggishExtractor
 from vggish.torch_weights import (
     convert_slim_checkpoint,
@@ -165,12 +165,10 @@ class _AuthorsVggish(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, Path]:
+def weights(vggish_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """One random slim checkpoint and the vggish.pth the inverse mapping writes from it."""
-    root = tmp_path_factory.mktemp("vggish_torch")
-    ckpt = root / "slim" / "vggish_model.ckpt"
-    write_random_checkpoint(ckpt, seed=0)
-    pth = convert_slim_checkpoint(ckpt, root / "vggish.pth")
+    ckpt = vggish_checkpoints["v2"]
+    pth = convert_slim_checkpoint(ckpt, tmp_path_factory.mktemp("vggish_torch") / "vggish.pth")
     return {"ckpt": ckpt, "pth": pth}
 
 

@@ -6,7 +6,12 @@ computed once, and video frame i gets the 96-frame (0.96 s) patch that starts at
 through the network ``batch_size`` at a time, so memory does not grow with the video's length
 (the original fed a whole video at once and needed about 10 GB).
 
-TensorFlow is imported when an extractor is built, never at import time. It runs on the CPU
+``FrameEmbedder`` does this framing, the batching and the optional PCA postprocessing for any
+engine that embeds a batch of patches; ``VggishExtractor`` is the TensorFlow engine (the slim graph,
+the authors' arithmetic), ``vggish.torch_extractor.TorchVggishExtractor`` the torch one
+(``vggish.engines`` picks one by name).
+
+TensorFlow is imported when a ``VggishExtractor`` is built, never at import time. It runs on the CPU
 unless ``device="gpu"``: then TensorFlow may use the GPUs, allocating their memory as it needs it
 instead of mapping nearly all of it (several VGGish workers share a GPU that way, and training can
 still get one), but the embeddings are then the GPU kernels' and differ slightly from the CPU build's.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import MutableMapping
 from pathlib import Path
 from types import TracebackType
@@ -151,36 +157,37 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     return waveform, int(sample_rate)
 
 
-class VggishExtractor:
-    """Restores the VGGish checkpoint once and embeds many recordings, one patch per video frame.
+class FrameEmbedder(ABC):
+    """One embedding per video frame of a recording, batched; an engine loads the weights
+    (``_load``) and embeds a batch of patches (``_embed_batch``).
 
-    Example::
-
-        with VggishExtractor("vggish_model.ckpt") as vggish:
-            embeddings = vggish.embed_wav_file("video.wav", fps=30.0, n_frames=900)  # (900, 128)
+    The settings, the framing (end padding, log-mel, one patch per video frame), the batches and
+    the PCA postprocessing are the same for every engine, so that the engines differ in their
+    arithmetic only. Use an engine as a context manager, or call ``close``.
     """
 
     def __init__(
         self,
-        checkpoint_path: str,
+        checkpoint_path: str | Path,
         pca_params_path: str | None = None,
         batch_size: int = 256,
         num_threads: int = 1,
         postprocess: bool = False,
         device: str = "cpu",
     ) -> None:
-        """Check the files, build the graph and restore the weights.
+        """Check the settings and the files, then load the weights into the engine.
 
         Args:
-            checkpoint_path: ``vggish_model.ckpt`` (the release's single file or a V2 prefix), or
-                the same weights in PyTorch layout (``vggish.pth``, see ``vggish.torch_weights``).
+            checkpoint_path: ``vggish_model.ckpt`` (the release's single file, a V2 prefix or a folder
+                holding it), or the same weights in PyTorch layout (``vggish.pth``, see
+                ``vggish.torch_weights``).
             pca_params_path: ``vggish_pca_params.npz``; checked when given, used only with
                 ``postprocess``.
             batch_size: patches per forward pass (bounds memory).
-            num_threads: TensorFlow intra- and inter-op threads (0: TensorFlow decides).
+            num_threads: the engine's CPU threads (0: the library decides).
             postprocess: return the AudioSet-style PCA-whitened, 8-bit quantized embedding (values
                 0..255, as float32) instead of the raw pre-PCA embedding the authors stored.
-            device: ``cpu`` (TensorFlow sees no GPU) or ``gpu`` (GPUs allowed, memory grown as needed).
+            device: ``cpu`` or ``gpu`` (what ``gpu`` means is the engine's).
 
         Raises:
             UserError: a file is missing or wrong, or a setting is out of range.
@@ -190,53 +197,37 @@ class VggishExtractor:
         if num_threads < 0:
             raise UserError(f"VGGish threads must be 0 (automatic) or more, got {num_threads}")
         self.batch_size = batch_size
+        self.num_threads = num_threads
         self.device = check_device(device)
-        self._session: Any = None
-        # vggish.pth is read (with torch) before TensorFlow is imported; a TF checkpoint is restored
-        torch_values = (torch_weights.load_slim_variables(checkpoint_path)
-                        if torch_weights.is_torch_checkpoint(checkpoint_path) else None)
-        prefix = checkpoint_path if torch_values is not None else check_checkpoint(checkpoint_path)
+        self._closed = False
         self.pca: PcaParams | None = load_pca_params(pca_params_path) if pca_params_path else None
         if postprocess and self.pca is None:
             raise UserError("VGGish postprocessing needs the PCA parameters: pass vggish_pca_params.npz")
         self.postprocess = postprocess
+        self._load(str(checkpoint_path))
 
-        from vggish import slim_model
+    @abstractmethod
+    def _load(self, checkpoint_path: str) -> None:
+        """Check the weight file and load it into the engine (a UserError when it is wrong)."""
 
-        tf = slim_model.import_tensorflow()
-        if self.device == "cpu":
-            _hide_gpus_from_tensorflow(tf)
-        self._graph = tf.Graph()
-        with self._graph.as_default():
-            self._features, self._embedding = slim_model.define_vggish()
-            saver = tf.train.Saver(var_list=slim_model.vggish_variables(self._graph))
-        self.session_config = session_config(tf, self.device, num_threads)
-        self._session = tf.Session(graph=self._graph, config=self.session_config)
-        try:
-            with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
-                if torch_values is None:
-                    saver.restore(self._session, prefix)
-                else:
-                    slim_model.assign_variables(self._session, self._graph, torch_values)
-        except tf.errors.OpError as exc:
-            self.close()
-            reason = str(exc.message).strip().splitlines()[0]
-            raise UserError(
-                f"VGGish checkpoint {checkpoint_path} could not be restored ({reason}); {params.RELEASE_HINT}"
-            ) from None
-        self._graph.finalize()
-        logger.debug("VGGish restored from %s (batch %d, %d threads, %s)", prefix, batch_size, num_threads, self.device)
+    @abstractmethod
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """Raw embeddings of one batch of patches: float32 (B, 96, 64) -> (B, 128)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free what the engine holds (a session, a network)."""
 
     # ------------------------------------------------------------------------- embedding
 
     def embed_patches(self, patches: np.ndarray) -> np.ndarray:
         """Raw embeddings of log-mel patches (N, 96, 64), ``batch_size`` at a time: float32 (N, 128)."""
-        if self._session is None:
-            raise RuntimeError("this VggishExtractor is closed")
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
         out = np.empty((len(patches), params.EMBEDDING_SIZE), dtype=np.float32)
         for first in range(0, len(patches), self.batch_size):
             batch = np.asarray(patches[first : first + self.batch_size], dtype=np.float32)  # (B, 96, 64)
-            out[first : first + len(batch)] = self._session.run(self._embedding, {self._features: batch})
+            out[first : first + len(batch)] = self._embed_batch(batch)
         return out
 
     def embed_log_mel(self, log_mel: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
@@ -286,15 +277,72 @@ class VggishExtractor:
     # ------------------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Free the TensorFlow session (the extractor cannot embed afterwards)."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Free the engine (the extractor cannot embed afterwards)."""
+        if not self._closed:
+            self._closed = True
+            self._release()
 
-    def __enter__(self) -> VggishExtractor:
+    def __enter__(self) -> FrameEmbedder:
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class VggishExtractor(FrameEmbedder):
+    """The TensorFlow engine: restores the checkpoint into the slim graph once and embeds many recordings.
+
+    ``num_threads`` is TensorFlow's intra- and inter-op threads; ``device="cpu"`` hides the GPUs
+    from TensorFlow, ``gpu`` lets it use them (memory grown as needed). See ``FrameEmbedder`` for
+    the other arguments.
+
+    Example::
+
+        with VggishExtractor("vggish_model.ckpt") as vggish:
+            embeddings = vggish.embed_wav_file("video.wav", fps=30.0, n_frames=900)  # (900, 128)
+    """
+
+    _session: Any = None
+
+    def _load(self, checkpoint_path: str) -> None:
+        # vggish.pth is read (with torch) before TensorFlow is imported; a TF checkpoint is restored
+        torch_values = (torch_weights.load_slim_variables(checkpoint_path)
+                        if torch_weights.is_torch_checkpoint(checkpoint_path) else None)
+        prefix = checkpoint_path if torch_values is not None else check_checkpoint(checkpoint_path)
+
+        from vggish import slim_model
+
+        tf = slim_model.import_tensorflow()
+        if self.device == "cpu":
+            _hide_gpus_from_tensorflow(tf)
+        self._graph = tf.Graph()
+        with self._graph.as_default():
+            self._features, self._embedding = slim_model.define_vggish()
+            saver = tf.train.Saver(var_list=slim_model.vggish_variables(self._graph))
+        self.session_config = session_config(tf, self.device, self.num_threads)
+        self._session = tf.Session(graph=self._graph, config=self.session_config)
+        try:
+            with self._graph.as_default():  # outside it, TF 2 would try to restore eagerly
+                if torch_values is None:
+                    saver.restore(self._session, prefix)
+                else:
+                    slim_model.assign_variables(self._session, self._graph, torch_values)
+        except tf.errors.OpError as exc:
+            self.close()
+            reason = str(exc.message).strip().splitlines()[0]
+            raise UserError(
+                f"VGGish checkpoint {checkpoint_path} could not be restored ({reason}); {params.RELEASE_HINT}"
+            ) from None
+        self._graph.finalize()
+        logger.debug("VGGish restored from %s (batch %d, %d threads, %s)", prefix, self.batch_size, self.num_threads,
+                     self.device)
+
+    def _embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(self._embedding, {self._features: batch})  # (B, 128)
+
+    def _release(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

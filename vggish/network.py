@@ -17,14 +17,19 @@ Before the first Linear the (N, 512, 6, 4) map is flattened in (6, 4, 512) order
 flatten, so ``vggish.torch_weights`` maps a slim checkpoint onto this network by changing axes only.
 SAME padding of the slim graph is ``padding=1`` for the 3x3 convolutions; the 2x2 pools see even
 sizes only (96x64 -> 6x4), where SAME and VALID agree.
+
+``load_vggish`` builds the network with the weights of either file a user has: the authors'
+``vggish.pth`` or the AudioSet release's ``vggish_model.ckpt`` (read without TensorFlow).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from vggish import params
+from vggish import params, torch_weights
 
 FEATURE_MAP_HW = (6, 4)  # (PATCH_FRAMES, N_MEL_BANDS) after four 2x2 pools
 FLAT_SIZE = params.CONV_LAYERS[-1][1] * FEATURE_MAP_HW[0] * FEATURE_MAP_HW[1]  # 12288
@@ -56,8 +61,7 @@ class VGGish(nn.Module):
 
     Example::
 
-        net = VGGish()
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in read_torch_checkpoint("vggish.pth").items()})
+        net = load_vggish("vggish.pth")  # or the release's vggish_model.ckpt
         embeddings = net(patches)  # (N, 128)
     """
 
@@ -71,3 +75,27 @@ class VGGish(nn.Module):
         x = self.features(x)  # (N, 512, 6, 4)
         x = x.permute(0, 2, 3, 1).flatten(1)  # (N, 6 * 4 * 512), TensorFlow's NHWC order
         return self.embeddings(x)  # (N, 128)
+
+
+def load_vggish(path: str | Path, device: str | torch.device = "cpu") -> VGGish:
+    """A ``VGGish`` holding the weights of ``path``, on ``device``, in eval mode.
+
+    Args:
+        path: the authors' ``vggish.pth`` (``features.N`` / ``embeddings.N`` keys; a ``module.`` or
+            ``backbone.`` prefix and a ``state_dict`` wrapper are accepted), or the AudioSet release's
+            ``vggish_model.ckpt`` (V1 file, V2 prefix, or a folder holding it), read without TensorFlow
+            and mapped onto this layout.
+        device: a torch device (``cpu``, ``cuda``, ``cuda:1``).
+
+    Returns:
+        The network in eval mode; its parameters still require gradients (a backbone may fine-tune).
+
+    Raises:
+        UserError: the file is missing or unreadable, or a key or shape is missing, unexpected or
+            wrong (one line naming them).
+    """
+    state = torch_weights.read_state_dict(path)  # checked: every key, every shape
+    with torch.device("meta"):  # no random initialisation and no second copy of the 288 MB
+        network = VGGish()
+    network.load_state_dict({key: torch.from_numpy(value) for key, value in state.items()}, strict=True, assign=True)
+    return network.to(device).eval()

@@ -31,6 +31,7 @@ import numpy as np
 
 from base.errors import UserError
 from vggish import params
+from vggish.slim_checkpoint import read_slim_checkpoint
 from vggish.slim_model import variable_shapes
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def write_torch_checkpoint(variables: Mapping[str, np.ndarray], path: str | Path
     """Save slim variables as a ``vggish.pth`` state dict (the layout the authors load).
 
     Args:
-        variables: slim variable name -> array (e.g. from ``read_slim_checkpoint``).
+        variables: slim variable name -> array (e.g. from ``vggish.slim_checkpoint.read_slim_checkpoint``).
         path: the ``.pth`` file to write.
     """
     import torch
@@ -245,17 +246,24 @@ def write_torch_checkpoint(variables: Mapping[str, np.ndarray], path: str | Path
     return path
 
 
-def read_slim_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-    """The VGGish variables of a checked TensorFlow checkpoint (imports TensorFlow)."""
-    from vggish import slim_model
-    from vggish.checkpoint import check_checkpoint
-
-    prefix = check_checkpoint(path)
-    tf = slim_model.import_tensorflow()
-    reader = tf.train.load_checkpoint(prefix)
-    return {name: np.asarray(reader.get_tensor(name), dtype=np.float32) for name in variable_shapes()}
-
-
 def convert_slim_checkpoint(checkpoint: str | Path, pth: str | Path) -> Path:
-    """``vggish_model.ckpt`` -> ``vggish.pth`` with the same weights (imports TensorFlow and torch)."""
+    """``vggish_model.ckpt`` -> ``vggish.pth`` with the same weights (imports torch, not TensorFlow)."""
     return write_torch_checkpoint(read_slim_checkpoint(checkpoint), pth)
+
+
+# ----------------------------------------------------------------------------- either file
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """Either weight file as the ``vggish.pth`` state dict: key -> float32 array (torch layout).
+
+    ``vggish.pth`` is read and checked as ``read_torch_checkpoint`` does (imports torch); a TensorFlow
+    checkpoint (``vggish_model.ckpt``, V1 or V2) is read without TensorFlow and mapped by
+    ``slim_to_torch``.
+
+    Raises:
+        UserError: the file is missing, unreadable, or not the VGGish weights.
+    """
+    if is_torch_checkpoint(path):
+        return read_torch_checkpoint(path)
+    return slim_to_torch(read_slim_checkpoint(path))

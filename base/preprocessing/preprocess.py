@@ -187,20 +187,21 @@ _EXTRACTOR = None
 
 
 def _init_vggish(checkpoint: str, pca_params: str | None, batch_size: int, num_threads: int,
-                 device: str = "cpu") -> None:
-    """Initializer of a VGGish worker process: hide the GPUs unless asked (before TensorFlow loads), restore."""
+                 device: str = "cpu", engine: str = "tf") -> None:
+    """Initializer of a VGGish worker process: hide the GPUs unless asked (before TensorFlow or torch
+    loads), restore the weights into the engine (``tf``; ``torch`` never imports TensorFlow)."""
     global _EXTRACTOR
-    from vggish import VggishExtractor
+    from vggish.engines import make_extractor
     from vggish.extractor import check_device, hide_gpus
 
     if check_device(device) == "cpu":
         hide_gpus()
-    _EXTRACTOR = VggishExtractor(checkpoint, pca_params, batch_size=batch_size, num_threads=num_threads,
-                                 device=device)
+    _EXTRACTOR = make_extractor(engine, checkpoint, pca_params, batch_size=batch_size, num_threads=num_threads,
+                                device=device)
 
 
 def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
-    """Stage 2 (TensorFlow process): one embedding per video frame, cached as ``vggish.npy``."""
+    """Stage 2 (the VGGish engine's process): one embedding per video frame, cached as ``vggish.npy``."""
     target = Path(cache_dir) / "vggish.npy"
     if not target.is_file():
         assert _EXTRACTOR is not None, "the VGGish pool was started without its initializer"
@@ -533,7 +534,8 @@ class _StageRun:
             self.pools[VGGISH] = WorkerPool(
                 VGGISH, n_vggish_workers, initializer=_init_vggish,
                 initargs=(source.checkpoint, source.pca_params, self.features.vggish_batch_size,
-                          max(1, jobs // n_vggish_workers), self.features.vggish_device))
+                          max(1, jobs // n_vggish_workers), self.features.vggish_device,
+                          self.features.vggish_engine))
             for video in self.pending:
                 self._submit(_Task(AUDIO, video))
             while self.futures:
