@@ -23,6 +23,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
@@ -103,8 +104,14 @@ def stress(args: argparse.Namespace, workdir: Path) -> int:
     return 0 if counts["ok"] == args.runs else 1
 
 
+def stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the load and the current launch are then stopped (finally blocks)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)  # also when started in the background, where SIGINT is ignored
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         return stress(args, args.workdir)

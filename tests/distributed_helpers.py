@@ -7,6 +7,7 @@ Each worker joins a gloo process group on the CPU through the same environment v
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -68,20 +69,49 @@ class LaunchOutcome:
         return self.returncode is None
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, parents first (read from /proc; only ``pid`` where there is none).
+
+    ``torchrun`` starts each rank in a session of its own, so killing its process group misses them.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+        except (OSError, IndexError):  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, index = [pid], 0
+    while index < len(tree):
+        tree.extend(children.get(tree[index], []))
+        index += 1
+    return tree
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process it started (a launch that hung)."""
+    for member in process_tree(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+
+
 def launch(command: list[str], timeout_s: float, extra_env: dict[str, str] | None = None,
            log_dir: Path | None = None) -> LaunchOutcome:
-    """Run ``command`` from the repository root in its own process group; kill that group after ``timeout_s``."""
+    """Run ``command`` from the repository root; after ``timeout_s`` kill it and its ranks (a hang)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
         returncode: int | None = process.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its ranks: the group this launch started
+        kill_tree(process.pid)
         stdout, stderr = process.communicate()
         returncode = None
+    except BaseException:  # interrupted: leave nothing running
+        kill_tree(process.pid)
+        raise
     outcome = LaunchOutcome(returncode, time.perf_counter() - started, stdout, stderr)
     if log_dir is not None:  # <log_dir>/<run id>/attempt_0/<rank>/{stdout,stderr}.log
         for path in sorted(log_dir.glob("*/attempt_0/*/std*.log")):

@@ -36,7 +36,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import NoReturn
 
 import torch.distributed as dist
@@ -77,48 +77,55 @@ line says why: fix that, then rerun the same command with --resume 1'
             "fix that, then rerun the same command with --resume 1")
 
 
-def fail_if_asked(rank: int, environ: dict[str, str] | os._Environ[str] | None = None) -> None:
+def fail_if_asked(rank: int, environ: Mapping[str, str] | None = None) -> None:
     """Raise on the rank named by ``FAIL_RANK_ENV`` (the tests' way to make one rank fail)."""
     environ = os.environ if environ is None else environ
     if environ.get(FAIL_RANK_ENV, "") == str(rank):
         raise EnvironmentFailure(f"rank {rank} failed on purpose ({FAIL_RANK_ENV}={rank}, a test hook)")
 
 
-def exit_barrier(timeout: datetime.timedelta = EXIT_BARRIER_TIMEOUT) -> None:
+def exit_barrier(context: DistributedContext, timeout: datetime.timedelta = EXIT_BARRIER_TIMEOUT) -> None:
     """Wait until every rank has finished its work (gloo: a monitored barrier that names a missing rank)."""
     if dist.get_backend() == dist.Backend.GLOO:
         dist.monitored_barrier(timeout=timeout, wait_all_ranks=True)
     else:
-        dist.barrier(timeout=timeout)
+        dist.barrier(device_ids=[context.device.index], timeout=timeout)
 
 
-def leave_together(rank: int, timeout: datetime.timedelta = EXIT_BARRIER_TIMEOUT) -> None:
+def leave_together(context: DistributedContext, timeout: datetime.timedelta = EXIT_BARRIER_TIMEOUT) -> None:
     """End of a successful run: wait for every rank at the exit barrier, then leave the process group."""
     if not dist.is_initialized():
         return
     try:
-        exit_barrier(timeout)
-    except Exception as exc:  # the other rank is gone or stuck: this one's work is done, the run is not
-        raise EnvironmentFailure(lost_peer_message(rank, exc) or f"rank {rank}: the exit barrier failed: {exc}") \
-            from None
-    gc.collect()  # a DDP wrapper in a reference cycle would keep the process group (and gloo's threads) alive
+        exit_barrier(context, timeout)
+    except Exception as exc:  # another rank is gone or stuck: this one's work is done, the run's is not
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EnvironmentFailure(lost_peer_message(context.rank, exc)
+                                 or f"rank {context.rank}: the exit barrier failed ({first_line})") from None
+    gc.collect()  # in case a DDP wrapper sits in a reference cycle: it holds the process group
     dist.destroy_process_group()
+    logger.info("every rank finished; the process group is left")
 
 
 @contextlib.contextmanager
 def stop_on_sigterm(rank: int) -> Iterator[None]:
-    """Turn the SIGTERM that ``torchrun`` sends the other ranks when one failed into one error line (once)."""
+    """Turn the SIGTERM that ``torchrun`` sends the other ranks when one failed into one error line.
+
+    Once the body failed, SIGTERM stays ignored: the rank is printing its line and ending by itself.
+    """
 
     def handler(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the rank is leaving: one line is enough
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise EnvironmentFailure(f"rank {rank}: stopped by SIGTERM (torchrun stops every rank when one failed; "
                                  "that rank's error line says why)")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except BaseException:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise
+    signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -135,12 +142,11 @@ def distributed_run(context: DistributedContext) -> Iterator[None]:
         try:
             yield
         except Exception as exc:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # already failing: the line to print is this one
             message = None if isinstance(exc, (UserError, EnvironmentFailure)) else lost_peer_message(context.rank, exc)
             if message is None:
                 raise
             raise EnvironmentFailure(message) from None
-        leave_together(context.rank)
+        leave_together(context)
 
 
 def exit_process(code: int) -> NoReturn:
