@@ -6,8 +6,9 @@ default argument, evaluated when it is imported: imported after the process grou
 the gloo backend, its worker threads and its sockets alive after ``destroy_process_group``, until the
 interpreter shuts down. A gloo worker that drops the last reference to a finished collective there
 (the final ``all_gather_object``) must take the GIL to free the tensors; Python 3.11 ends a thread
-that asks for the GIL during finalization with ``pthread_exit``, whose unwinding through gloo's C++
-frames calls ``std::terminate``: "terminate called without an active exception", SIGABRT. Rank 1
+that asks for the GIL during finalization with ``pthread_exit``, whose unwinding through the worker's
+C++ frames (``c10d::ProcessGroupGloo::runLoop``) calls ``std::terminate``: "terminate called without
+an active exception", SIGABRT (core dumps of a minimal repro show exactly this stack). Rank 1
 leaves right after the last collective while rank 0 still writes its files, so it was the one that
 aborted, now and then (more often on a loaded machine). Hence:
 
