@@ -14,13 +14,13 @@ Several GPUs: ``torchrun --nproc_per_node N main.py ...`` (DDP; rank 0 writes th
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from base.errors import EXIT_CODES_HELP, UserError, run_cli, setup_logging
 from base.training.cross_validation import ccc_line, format_summary, run_cross_validation
 from base.training.devices import gpu_index_to_device, set_cpu_threads
-from base.training.distributed import init_distributed, rank_config, shutdown_distributed
+from base.training.distributed import init_distributed, rank_config
+from base.training.rank_exit import distributed_run, exit_process
 from base.training.tensorboard_log import require_tensorboard
 from configs import Config, add_config_arguments, demo_overrides, resolve
 from model.weights import AUTHORS_WEIGHTS_URL
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, train every requested fold, print the summary table and the validation CCC line."""
     config = parse_config(argv)
     context = init_distributed(config.train.device)  # a 1-process context unless started by torchrun
-    try:
+    with distributed_run(context):  # the ranks leave together; a failed one makes the others stop at once
         config = rank_config(config, context)
         setup_logging(config.train.quiet)
         set_cpu_threads(config.train.cpu_threads)
@@ -143,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if context.is_main:
             print(format_summary(results))
             print(ccc_line(results))
-    finally:
-        shutdown_distributed()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    exit_process(run_cli(main))

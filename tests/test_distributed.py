@@ -1,24 +1,23 @@
 """DistributedDataParallel on the CPU (gloo, 2 processes) against single-process runs of the same data:
-sharding, gathered evaluation, a DDP epoch, rank-0-only files, and a real ``torchrun`` launch."""
+sharding, gathered evaluation, a DDP epoch, rank-0-only files, a real ``torchrun`` launch, and how the
+ranks leave (together on success; in seconds, one line each, when one fails)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import main
 from base.data.dataset import make_loader
-from base.errors import UserError
+from base.errors import EnvironmentFailure, UserError
 from base.training.distributed import (
     DistributedContext,
     gather_window_pieces,
@@ -29,35 +28,44 @@ from base.training.distributed import (
     shuffled_order,
     sum_across_ranks,
 )
+from base.training.rank_exit import (
+    FAIL_RANK_ENV,
+    distributed_run,
+    exit_process,
+    fail_if_asked,
+    lost_peer_message,
+)
 from base.training.run_folder import read_csv
 from configs import Config
 from tests.distributed_helpers import (
+    CCC_LINE,
+    WORLD_SIZE,
+    audio_args,
     build_trainer,
     evaluate_worker,
+    failure_problems,
     fit_worker,
     free_port,
+    launch,
     main_worker,
+    make_ddp_dataset,
     resume_worker,
+    success_problems,
+    threads_worker,
+    torchrun_command,
 )
 from tests.processed_helpers import make_processed_dataset
 
 # tiny models run fastest on one thread (and do not suffer from a busy machine)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
-WORLD_SIZE = 2
+TORCHRUN_TIMEOUT_S = 240
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """5 training trials of 20 frames (windows of 8, hop 4: 20 windows) and 3 validation trials."""
-    return make_processed_dataset(tmp_path_factory.mktemp("ddp") / "data", n_train=5, n_val=3, n_test=0,
-                                  lengths=(20, 20, 20, 20, 20, 13, 9, 17), modalities=("mfcc", "vggish"))
-
-
-def audio_args(dataset: Path, *extra: str) -> list[str]:
-    return ["--dataset-path", str(dataset), "--modality", "vggish", "mfcc", "--window-length", "8",
-            "--hop-length", "4", "--learning-rate", "1e-3", "--cnn1d-dropout", "0", "--quiet", *extra]
+    return make_ddp_dataset(tmp_path_factory.mktemp("ddp") / "data")
 
 
 # ----------------------------------------------------------------------------- pure pieces
@@ -171,15 +179,80 @@ def test_a_ddp_epoch_equals_one_process_with_the_doubled_batch_and_only_rank0_wr
 
 @pytest.mark.slow
 def test_torchrun_launches_main_py_and_only_rank0_prints(dataset, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "main.py",
-               *audio_args(dataset, "--num-epochs", "1", "--batch-size", "2", "--save-path", str(tmp_path),
-                           "--cpu-threads", "1")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    result = launch(torchrun_command(dataset, tmp_path), TORCHRUN_TIMEOUT_S)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert result.stdout.count("validation CCC: valence=") == 1, result.stdout
+    assert result.stdout.count(CCC_LINE) == 1, result.stdout
     history, _ = history_and_state(tmp_path)
     assert len(history) == 1 and math.isfinite(float(history[0]["train_loss"]))
+
+
+# ----------------------------------------------------------------------------- leaving the process group (issue 22)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_in_a_row_all_exit_0(dataset, tmp_path):
+    # Issue 22: now and then rank 1 aborted at exit ("terminate called without an active exception").
+    # benchmarks/ddp_stress.py runs the same launch many times under load.
+    for run in range(3):
+        outcome = launch(torchrun_command(dataset, tmp_path / f"runs{run}", tmp_path / f"logs{run}"),
+                         TORCHRUN_TIMEOUT_S, log_dir=tmp_path / f"logs{run}")
+        assert not success_problems(outcome), (run, success_problems(outcome), outcome.stderr[-3000:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_rank", [0, 1])
+def test_a_failing_rank_ends_the_run_non_zero_in_seconds_with_one_line_per_rank(dataset, tmp_path, fail_rank):
+    logs = tmp_path / "logs"
+    outcome = launch(torchrun_command(dataset, tmp_path / "runs", logs), TORCHRUN_TIMEOUT_S,
+                     {FAIL_RANK_ENV: str(fail_rank)}, log_dir=logs)
+    assert not failure_problems(outcome, limit_s=60), (failure_problems(outcome, 60), outcome.stderr[-3000:])
+    assert outcome.rank_stderr[fail_rank].startswith(f"error: rank {fail_rank} failed on purpose")
+    other = outcome.rank_stderr[1 - fail_rank]
+    assert other.startswith((f"error: rank {1 - fail_rank}: another rank stopped", f"error: rank {1 - fail_rank}: "
+                             "stopped by SIGTERM")), other
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_leaving_together_ends_gloo_threads_before_the_interpreter_shuts_down(tmp_path):
+    # The cause of issue 22: DDP imported torch.distributed.nn after the process group existed, and its
+    # functions' group=group.WORLD defaults kept gloo's threads alive past destroy_process_group.
+    run_ranks(threads_worker, str(tmp_path))
+    for rank in range(WORLD_SIZE):
+        with open(tmp_path / f"threads{rank}.pkl", "rb") as handle:
+            threads = pickle.load(handle)
+        assert any("gloo" in name for name in threads["during"]), threads  # the probe sees gloo's threads
+        assert not any("gloo" in name for name in threads["after"]), threads
+
+
+def test_a_lost_peer_becomes_one_line_and_other_errors_stay_as_they_are():
+    closed = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                          "[127.0.0.1]:9892. This is typically caused by a remote worker crashing.\nframe #0: ...")
+    assert lost_peer_message(0, closed) == (
+        "rank 0: another rank stopped or did not answer (Connection closed by peer [127.0.0.1]:9892); its own "
+        "error line says why: fix that, then rerun the same command with --resume 1")
+    barrier = RuntimeError("Rank 1 failed to pass monitoredBarrier in 600000 ms")
+    assert "(Rank 1 failed to pass monitoredBarrier in 600000 ms)" in lost_peer_message(0, barrier)
+    assert lost_peer_message(1, dist.DistBackendError("Gloo says no")).startswith("rank 1: another rank stopped "
+                                                                                  "or did not answer (Gloo says no)")
+    assert lost_peer_message(0, ValueError("a bug")) is None
+
+
+def test_the_failure_hook_fires_only_on_the_named_rank():
+    fail_if_asked(0, {})
+    fail_if_asked(0, {FAIL_RANK_ENV: "1"})
+    with pytest.raises(EnvironmentFailure, match=f"rank 1 failed on purpose \\({FAIL_RANK_ENV}=1"):
+        fail_if_asked(1, {FAIL_RANK_ENV: "1"})
+
+
+def test_a_single_process_run_leaves_nothing_and_exits_normally():
+    with distributed_run(DistributedContext()):
+        pass
+    with pytest.raises(ValueError, match="a bug"), distributed_run(DistributedContext()):
+        raise ValueError("a bug")
+    with pytest.raises(SystemExit) as exit_info:
+        exit_process(2)
+    assert exit_info.value.code == 2
 
 
 @pytest.mark.slow

@@ -17,7 +17,9 @@
   (``base.training.checkpointing.rank_seed``), the initial weights are rank 0's (``broadcast_weights``),
   and the checkpoint holds every rank's random states (``all_gather_objects``), so that a resumed
   run continues exactly on every rank;
-* only rank 0 writes files, logs at INFO level and shows progress bars (``rank_config``).
+* only rank 0 writes files, logs at INFO level and shows progress bars (``rank_config``);
+* the ranks leave the process group together, and a rank that fails makes the others stop in
+  seconds, each with one error line (``base.training.rank_exit``).
 
 With ``WORLD_SIZE`` unset or 1 nothing here changes the single-process run.
 """
@@ -35,6 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists: its functions' ``group=group.WORLD`` defaults, evaluated
+# at import (DDP imports it), would otherwise hold the process group after every rank left it
+# (base.training.rank_exit).
+import torch.distributed.nn  # noqa: F401
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -112,12 +119,6 @@ def init_distributed(device_spec: str, environ: Mapping[str, str] | None = None)
                                 timeout=datetime.timedelta(minutes=30))
         logger.info("rank %d of %d joined the %s process group on %s", rank, world_size, backend, device)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
-
-
-def shutdown_distributed() -> None:
-    """Leave the process group (no-op when none was joined)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def rank_config(config: Config, context: DistributedContext) -> Config:
