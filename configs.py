@@ -47,9 +47,10 @@ class Modality(enum.StrEnum):
     VGGISH = "vggish"
     MFCC = "mfcc"
     EGEMAPS = "egemaps"
-    EGEMAPS_FUNCTIONALS = "egemaps_functionals"  # the ABAW5 generation's 88 eGeMAPSv02 functionals per frame
     LANDMARK = "flm"
     ACTION_UNIT = "fau"
+    LOGMEL = "logmel"  # VGGish input patches (96 x 64) per frame: the ABAW5 models' audio backbone input
+    EGEMAPS_FUNCTIONALS = "egemaps_functionals"  # 88 eGeMAPS functionals of 1 s per frame (ABAW5)
 
     @property
     def file_stem(self) -> str:
@@ -66,9 +67,10 @@ MODALITY_FILE_STEM = {
     Modality.VGGISH: "vggish",
     Modality.MFCC: "mfcc",
     Modality.EGEMAPS: "egemaps",
-    Modality.EGEMAPS_FUNCTIONALS: "egemaps_functionals",
     Modality.LANDMARK: "landmark",
     Modality.ACTION_UNIT: "au",
+    Modality.LOGMEL: "logmel",
+    Modality.EGEMAPS_FUNCTIONALS: "egemaps_functionals",
 }
 
 MODALITY_FEATURE_DIM = {
@@ -76,9 +78,10 @@ MODALITY_FEATURE_DIM = {
     Modality.VGGISH: 128,
     Modality.MFCC: 39,
     Modality.EGEMAPS: 23,
-    Modality.EGEMAPS_FUNCTIONALS: 88,
     Modality.LANDMARK: 136,
     Modality.ACTION_UNIT: 17,
+    Modality.LOGMEL: 0,  # a (96, 64) log-mel patch per step, embedded by VGGish inside the model
+    Modality.EGEMAPS_FUNCTIONALS: 88,
 }
 
 EMOTIONS = ("valence", "arousal")
@@ -330,7 +333,7 @@ FIELD_HELP: dict[str, str] = {
                      "taken); gpu: let VGGish use them (memory allocated as needed)",
     # model
     "model_name": "model family (2d1d: ResNet-50 frames + 1D TCN); one modality: unimodal, more: fusion",
-    "modality": "inputs: frame vggish mfcc egemaps egemaps_functionals flm fau; the first visual one leads the fusion",
+    "modality": "inputs: frame vggish mfcc egemaps flm fau; the first visual one leads the fusion",
     "emotion": "valence, arousal or both (both: two outputs)",
     "head": "sh: single-headed; mh: both outputs, the chosen emotion's loss weighted x10",
     "backbone_mode": "ir or ir_se (squeeze-excitation) IR-50 backbone",

@@ -30,8 +30,6 @@ LABEL = "label"
 AUTHORS_LABEL_STEM = "continuous_label"
 LANDMARK_STEM = Modality.LANDMARK.file_stem
 FRAME_STEM = Modality.FRAME.file_stem
-# (n, 96, 64) float16 VGGish input patches of the ABAW5 generation: a file, not an input of this project's models
-LOGMEL_STEM = "logmel"
 
 
 def file_stem(name: str) -> str:
@@ -40,7 +38,7 @@ def file_stem(name: str) -> str:
         return Modality(name).file_stem
     except ValueError:
         pass
-    stems = {m.file_stem for m in Modality} | {LABEL, LOGMEL_STEM}
+    stems = {m.file_stem for m in Modality} | {LABEL}
     if name not in stems:
         choices = ", ".join(sorted({m.value for m in Modality} | stems))
         raise UserError(f"unknown modality or file '{name}' (choose from {choices})")
