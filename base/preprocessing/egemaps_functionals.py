@@ -25,6 +25,7 @@ run through openSMILE, but batched: one openSMILE instance per call, reset betwe
 bounds computed once, and no pandas frame per segment. The rows equal
 ``process_signal(..., start, end)`` one by one bit for bit (tests: within 1e-4 relative).
 
+The wav is read a segment at a time (``WavSegments``), so memory does not grow with the audio.
 Like ``opensmile_features``, this module must run in a process without TensorFlow (see there).
 """
 
@@ -33,11 +34,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
+import soundfile as sf
 
 from base.errors import UserError
-from base.preprocessing.media import read_wav
 from base.preprocessing.opensmile_features import _smile
 
 logger = logging.getLogger(__name__)
@@ -81,17 +83,55 @@ def segment_bounds(
     return starts, np.minimum(starts + length, n_samples)
 
 
+class WavSegments:
+    """A wav whose samples are read on demand: ``segments[start:end]`` is ``media.read_wav(path)[0][start:end]``
+    (float32, channels averaged), ``len(segments)`` its sample count.
+
+    Raises:
+        UserError: the file is missing or not a readable audio file (``media.read_wav``'s messages).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"wav file {path} does not exist")
+        try:
+            self._file = sf.SoundFile(str(path))
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise UserError(f"cannot read wav file {path}: {exc}") from None
+        self.sample_rate = int(self._file.samplerate)
+
+    def __len__(self) -> int:
+        return int(self._file.frames)
+
+    def __getitem__(self, bounds: slice) -> np.ndarray:
+        self._file.seek(bounds.start)
+        samples = self._file.read(bounds.stop - bounds.start, dtype="float32", always_2d=True)  # (n, channels)
+        return samples.mean(axis=1, dtype=np.float32)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> WavSegments:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
 def feature_names() -> list[str]:
     """The 88 column names of openSMILE's eGeMAPSv02 functionals, in the order of the rows."""
     return list(_smile(FUNCTIONALS_VERSION, FUNCTIONALS_LEVEL).feature_names)
 
 
-def segment_functionals(samples: np.ndarray, sample_rate: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def segment_functionals(samples: np.ndarray | WavSegments, sample_rate: int, starts: np.ndarray,
+                        ends: np.ndarray) -> np.ndarray:
     """eGeMAPSv02 functionals of ``samples[start:end]`` for each segment, one openSMILE instance for all.
 
     Args:
-        samples: mono float samples in [-1, 1], (n,); fed to openSMILE as 16-bit PCM, as the
-            ``opensmile`` package does (``int16(x * 32768)``).
+        samples: mono float samples in [-1, 1], (n,), or a ``WavSegments``; fed to openSMILE as 16-bit
+            PCM, as the ``opensmile`` package does (``int16(x * 32768)``).
         sample_rate: Hz.
         starts, ends: sample bounds of the segments, (N,) each.
 
@@ -124,7 +164,7 @@ def segment_functionals(samples: np.ndarray, sample_rate: int, starts: np.ndarra
     return out
 
 
-def functionals_per_frame(samples: np.ndarray, sample_rate: int, fps: float, n_frames: int,
+def functionals_per_frame(samples: np.ndarray | WavSegments, sample_rate: int, fps: float, n_frames: int,
                           segment_s: float = SEGMENT_S) -> np.ndarray:
     """eGeMAPSv02 functionals of the segment of every video frame 0..n_frames-1: float32 (n_frames, 88).
 
@@ -152,12 +192,12 @@ def extract_egemaps_functionals(wav_path: str | Path, fps: float, n_frames: int)
     Raises:
         UserError: the wav is missing, unreadable, empty or too short for openSMILE's functionals.
     """
-    samples, sample_rate = read_wav(wav_path)  # (n,) float32
-    if n_frames <= 0:
-        return np.zeros((0, FUNCTIONALS_DIM), dtype=np.float32)
-    values = functionals_per_frame(samples, sample_rate, fps, n_frames) if len(samples) else None
-    if values is None or not np.all(np.isfinite(values)):
-        raise UserError(
-            f"wav file {wav_path} is too short ({len(samples) / sample_rate:.3f} s) to compute eGeMAPS functionals"
-        )
+    with WavSegments(wav_path) as samples:
+        if n_frames <= 0:
+            return np.zeros((0, FUNCTIONALS_DIM), dtype=np.float32)
+        sample_rate = samples.sample_rate
+        values = functionals_per_frame(samples, sample_rate, fps, n_frames) if len(samples) else None
+        if values is None or not np.all(np.isfinite(values)):
+            raise UserError(f"wav file {wav_path} is too short ({len(samples) / sample_rate:.3f} s) to compute "
+                            "eGeMAPS functionals")
     return values

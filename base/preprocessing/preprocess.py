@@ -54,7 +54,7 @@ from base.preprocessing import shards
 from base.preprocessing.annotations import read_annotation
 from base.preprocessing.database import TEST_PARTITION, DatabaseLayout, Trial, discover_trials
 from base.preprocessing.failures import MACHINE, classify, describe_exit
-from base.preprocessing.frames import load_face_frames
+from base.preprocessing.frames import write_face_frames
 from base.preprocessing.pools import WorkerPool
 from base.safe_pickle import load_pickle, save_pickle
 from configs import FeatureConfig, FeatureSet, feature_files
@@ -285,8 +285,7 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     else:
         indices = np.arange(n_video_frames)
         labels = None
-    frames, missing = load_face_frames(trial.face_dir, indices, features.frame_size)
-    arrays: dict[str, np.ndarray] = {FRAME_FILE: frames}
+    arrays: dict[str, np.ndarray] = {}
     for name in ("mfcc", "egemaps"):  # openSMILE LLDs: the 10 ms row nearest to each frame
         if name in files:
             lld = np.load(cache / f"{FILE_CACHE[name]}.npy")
@@ -298,10 +297,9 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     if labels is not None and LABEL_FILE in files:
         arrays[LABEL_FILE] = labels
     for name, array in arrays.items():
-        if name != FRAME_FILE and not np.all(np.isfinite(array)):
+        if not np.all(np.isfinite(array)):
             raise UserError(f"trial {trial.name}: {name} has non-finite values")
     result.labeled = len(indices)
-    result.missing_faces = missing
     if info.get("silent"):
         result.message = SILENT_AUDIO
     final = Path(output) / "npy_data" / trial.name
@@ -309,15 +307,18 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
+        # (n, 48, 48, 3) crops and (n, 96, 64) patches: written a block at a time (memory flat in the trial length)
+        result.missing_faces = write_face_frames(staging / f"{FRAME_FILE}.npy", trial.face_dir, indices,
+                                                 features.frame_size)
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array)
         if "logmel" in files:
             from base.preprocessing.logmel import patch_starts_of_frames, write_logmel
 
-            log_mel = np.load(cache / f"{LOG_MEL_CACHE}.npy", mmap_mode="r")  # (T, 64)
-            write_logmel(staging / "logmel.npy", log_mel,
-                         patch_starts_of_frames(indices, fps, n_video_frames, len(log_mel)))
-            del log_mel
+            log_mel_path = cache / f"{LOG_MEL_CACHE}.npy"
+            n_log_mel_frames = len(np.load(log_mel_path, mmap_mode="r"))  # (T, 64)
+            write_logmel(staging / "logmel.npy", log_mel_path,
+                         patch_starts_of_frames(indices, fps, n_video_frames, n_log_mel_frames))
         _keep_other_files(final, staging, len(indices))
         meta = {**result.row(), "fps": fps, "n": len(indices)}
         (staging / META_NAME).write_text(json.dumps(meta, indent=1))
