@@ -28,6 +28,7 @@ from base.errors import UserError, run_cli
 from base.preprocessing import demo, shards
 from base.preprocessing.egemaps_functionals import (
     FUNCTIONALS_DIM,
+    WavSegments,
     extract_egemaps_functionals,
     feature_names,
     functionals_per_frame,
@@ -133,6 +134,17 @@ def test_the_new_files_are_known_to_the_dataset_reader(tmp_path):
     assert dataset.check_trial("train_000", ["frame", "logmel", "egemaps_functionals"]) == 4
 
 
+def test_predicting_a_video_samples_the_functionals_per_frame(tmp_path):
+    from base.prediction.video_traces import sample_audio_features
+
+    np.save(tmp_path / "egemaps_functionals.npy", np.arange(4 * 88, dtype=np.float32).reshape(4, 88))
+    np.save(tmp_path / "egemaps.npy", np.arange(30 * 23, dtype=np.float32).reshape(30, 23))
+    arrays = sample_audio_features(tmp_path, ["egemaps_functionals", "egemaps"], n_frames=6, fps=10.0,
+                                   opensmile_hop_s=0.01)
+    assert arrays["egemaps_functionals"][:, 0].tolist() == [0, 88, 176, 264, 264, 264]  # row = frame (clamped)
+    assert arrays["egemaps"][:, 0].tolist() == [0, 230, 460, 667, 667, 667]  # row = nearest 10 ms (clamped)
+
+
 # ----------------------------------------------------------------------------- eGeMAPS functionals
 
 
@@ -169,7 +181,7 @@ def pd_seconds(seconds: float):
 def test_batched_functionals_equal_the_one_by_one_computation(voice_wav):
     samples, sample_rate = read_wav(voice_wav)
     fps, n_frames = 30.0, 90
-    batched = functionals_per_frame(samples, sample_rate, fps, n_frames)  # (90, 88)
+    batched = extract_egemaps_functionals(voice_wav, fps, n_frames)  # (90, 88), the wav read a segment at a time
     assert batched.shape == (n_frames, FUNCTIONALS_DIM) and batched.dtype == np.float32
     smile = smile_functionals()
     checked = [0, 1, 2, 17, 40, 59, 60, 89]  # 60..89: the last second of the 3 s, which they all share
@@ -182,6 +194,9 @@ def test_batched_functionals_equal_the_one_by_one_computation(voice_wav):
         np.testing.assert_allclose(batched[k], one, rtol=1e-4, atol=1e-6 * np.abs(one).max(), err_msg=f"frame {k}")
     np.testing.assert_array_equal(batched[60:], np.broadcast_to(batched[60], (30, FUNCTIONALS_DIM)))
     assert not np.array_equal(batched[0], batched[1])  # neighbouring frames are different segments
+    with WavSegments(voice_wav) as segments:
+        assert len(segments) == len(samples)
+        np.testing.assert_array_equal(segments[533:16533], samples[533:16533])
 
 
 def test_functionals_of_a_harmonic_tone_by_hand(tmp_path):
@@ -197,7 +212,8 @@ def test_functionals_of_a_harmonic_tone_by_hand(tmp_path):
 
 
 def test_silent_audio_gives_the_functionals_of_silence(tmp_path):
-    values = extract_egemaps_functionals(write_wav(tmp_path / "silent.wav", np.zeros(2 * SR)), fps=30.0, n_frames=60)
+    samples = np.zeros(2 * SR, np.float32)
+    values = functionals_per_frame(samples, SR, fps=30.0, n_frames=60)  # from samples in memory
     names = feature_names()
     assert np.all(np.isfinite(values)) and np.array_equal(values, np.broadcast_to(values[0], values.shape))
     assert 0.0 <= values[0, names.index("loudness_sma3_amean")] < 0.01  # openSMILE's floor, not 0
@@ -253,6 +269,20 @@ def test_logmel_rows_are_the_patches_vggish_embeds(voice_wav, tmp_path):
     assert np.abs(logmel.astype(np.float32) - embedded).max() <= 2 ** -11 * np.abs(embedded).max()
 
 
+def test_the_log_mel_read_a_block_at_a_time_is_the_whole_signals(tmp_path):
+    noise = np.random.default_rng(1).normal(0, 0.2, int(25.3 * SR)).clip(-1, 1)  # 2628 frames: two blocks
+    wav = write_wav(tmp_path / "noise.wav", noise)
+    waveform, sample_rate = sf.read(str(wav), dtype="float32")
+    whole = log_mel_spectrogram(prepare_waveform(waveform, sample_rate), params.SAMPLE_RATE_HZ)
+    np.testing.assert_array_equal(log_mel_of_wav(wav), whole)
+    eight_k = write_wav(tmp_path / "8k.wav", noise[: 2 * SR : 2], sample_rate=8000)  # resampled: read whole
+    waveform, sample_rate = sf.read(str(eight_k), dtype="float32")
+    np.testing.assert_array_equal(log_mel_of_wav(eight_k),
+                                  log_mel_spectrogram(prepare_waveform(waveform, sample_rate), params.SAMPLE_RATE_HZ))
+    with pytest.raises(UserError, match="not found"):
+        log_mel_of_wav(tmp_path / "missing.wav")
+
+
 def test_logmel_by_hand(tmp_path):
     # 2 s of silence at 10 fps: every log-mel value is log(0 + 0.01); frame k's patch starts at 10 k
     wav = write_wav(tmp_path / "silent.wav", np.zeros(2 * SR))
@@ -268,6 +298,33 @@ def test_logmel_by_hand(tmp_path):
     write_logmel(tmp_path / "ramp.npy", ramp, np.array([0, 10, 190]), chunk_rows=2)
     patches = np.load(tmp_path / "ramp.npy")
     assert patches[1, :, 0].tolist() == list(range(10, 106)) and patches[2, 95, 63] == 285
+
+
+def test_files_written_a_block_at_a_time_equal_np_save(tmp_path, jpg_folder):
+    from base.preprocessing.frames import load_face_frames, write_face_frames
+    from base.preprocessing.npy_stream import write_npy
+
+    rng = np.random.default_rng(0)
+    for name, array in (("u8", rng.integers(0, 255, (10, 4, 4, 3), dtype=np.uint8)),
+                        ("f16", rng.normal(0, 1, (7, 96, 64)).astype(np.float16)),
+                        ("empty", np.zeros((0, 96, 64), np.float16))):
+        np.save(tmp_path / f"{name}_ref.npy", array)
+        write_npy(tmp_path / f"{name}.npy", array.shape, array.dtype, (array[i:i + 3] for i in range(0, len(array), 3)))
+        assert (tmp_path / f"{name}.npy").read_bytes() == (tmp_path / f"{name}_ref.npy").read_bytes(), name
+    with pytest.raises(ValueError, match="2 rows written, the header says 3"):
+        write_npy(tmp_path / "short.npy", (3, 2), np.float32, [np.zeros((2, 2))])
+    folder, missing = jpg_folder
+    indices = np.array([0, 1, 2, 3, 6, 7, 9])
+    frames, n_missing = load_face_frames(folder, indices)
+    np.save(tmp_path / "frame_ref.npy", frames)
+    assert write_face_frames(tmp_path / "frame.npy", folder, indices, chunk_frames=3) == n_missing == 2
+    assert (tmp_path / "frame.npy").read_bytes() == (tmp_path / "frame_ref.npy").read_bytes()
+    spectrogram = rng.normal(0, 1, (400, 64)).astype(np.float32)
+    np.save(tmp_path / "spectrogram.npy", spectrogram)
+    starts = np.array([0, 3, 7, 150, 151, 300])
+    write_logmel(tmp_path / "from_array.npy", spectrogram, starts)
+    write_logmel(tmp_path / "from_file.npy", tmp_path / "spectrogram.npy", starts, chunk_rows=2)
+    assert (tmp_path / "from_array.npy").read_bytes() == (tmp_path / "from_file.npy").read_bytes()
 
 
 # ----------------------------------------------------------------------------- statistics
