@@ -122,6 +122,26 @@ def test_a_shard_with_other_features_refuses(tmp_path):
     assert shards.record_plan(legacy, shards.make_plan(trials, 2, abaw2, "w")).n_shards == 2
 
 
+def test_abaw5_alone_needs_no_vggish_and_no_lld(tmp_path):
+    from base.preprocessing.database import Trial
+    from base.preprocessing.preprocess import _StageRun, audio_caches
+
+    assert audio_caches(configs.feature_files(("abaw2",))) == ("mfcc", "egemaps")
+    assert audio_caches(configs.feature_files(("abaw5",))) == ("log_mel_spectrogram", "egemaps_functionals")
+    assert audio_caches(configs.feature_files(("abaw5", "abaw2"))) == (
+        "mfcc", "egemaps", "log_mel_spectrogram", "egemaps_functionals")
+    pending = {"v": [Trial("v", "Train_Set", "v", tmp_path / "v.mp4", None, tmp_path / "v")]}
+    for sets, with_vggish in ((("abaw5",), set()), (("abaw2",), {"v"}), (("abaw2", "abaw5"), {"v"})):
+        run = _StageRun(pending, tmp_path, configs.FeatureConfig(features=sets), None, {}, quiet=True)
+        assert run.with_vggish == with_vggish  # no VGGish pool (no TensorFlow process) when empty
+    # an abaw2 trial of an earlier run that now gets abaw5: no VGGish again
+    run = _StageRun(pending, tmp_path, configs.FeatureConfig(features=("abaw2", "abaw5")), None, {}, quiet=True,
+                    todo={"v": ("frame", "label", "logmel", "egemaps_functionals")})
+    assert run.with_vggish == set()
+    with pytest.raises(UserError, match="config key 'features'"):
+        preprocessing.main(["--database", str(tmp_path), "--output", str(tmp_path / "o"), "--features", "abaw6"])
+
+
 def test_the_new_files_are_known_to_the_dataset_reader(tmp_path):
     root = make_processed_dataset(tmp_path / "p", n_train=1, n_val=1, n_test=0, lengths=4, modalities=("frame",),
                                   with_mean_std=False)
