@@ -418,6 +418,7 @@ def runs(database_30fps, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("abaw5_runs")  # one worker builds the runs they share
 def test_abaw5_run_writes_the_second_generation_files_without_vggish(runs):
     output = runs["abaw5"]
     info = load_pickle(output / "dataset_info.pkl")
@@ -440,6 +441,7 @@ def test_abaw5_run_writes_the_second_generation_files_without_vggish(runs):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("abaw5_runs")  # one worker builds the runs they share
 def test_abaw5_rows_equal_the_patches_and_the_one_by_one_functionals(runs, database_30fps):
     output = runs["abaw5"]
     info = load_pickle(output / "dataset_info.pkl")
@@ -465,6 +467,7 @@ def test_abaw5_rows_equal_the_patches_and_the_one_by_one_functionals(runs, datab
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("abaw5_runs")  # one worker builds the runs they share
 def test_abaw2_arrays_are_bit_identical_with_the_new_features(runs, database_30fps, tmp_path):
     both = _arrays(runs["both"])
     assert {k: v for k, v in both.items() if Path(k).stem in ABAW2_FILES} == _arrays(runs["abaw2"])
@@ -502,6 +505,7 @@ def write_video(path: Path, n_frames: int, fps: float, audio: np.ndarray | None)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("abaw5_runs")  # one worker builds the runs they share
 def test_bad_audio_is_one_line_each_and_nothing_else_is_lost(runs, database_30fps, tmp_path, capsys):
     root = tmp_path / "db"
     shutil.copytree(database_30fps, root)
