@@ -120,7 +120,10 @@ def run_preprocessing(database: Path, output: Path, sets: list[str], jobs: int) 
     command = [sys.executable, str(REPO / "preprocessing.py"), "--database", str(database), "--output", str(output),
                "--features", *sets, "--jobs", str(jobs), "--quiet"]
     start = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            capture_output=True, text=True)  # the demo's random-VGGish banner, TensorFlow's notes
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr[-2000:]}")
     return time.perf_counter() - start
 
 
