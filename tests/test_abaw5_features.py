@@ -124,16 +124,20 @@ def test_a_shard_with_other_features_refuses(tmp_path):
 
 def test_abaw5_alone_needs_no_vggish_and_no_lld(tmp_path):
     from base.preprocessing.database import Trial
-    from base.preprocessing.preprocess import _StageRun, audio_caches
+    from base.preprocessing.preprocess import VggishSource, _StageRun, audio_caches
 
     assert audio_caches(configs.feature_files(("abaw2",))) == ("mfcc", "egemaps")
     assert audio_caches(configs.feature_files(("abaw5",))) == ("log_mel_spectrogram", "egemaps_functionals")
     assert audio_caches(configs.feature_files(("abaw5", "abaw2"))) == (
         "mfcc", "egemaps", "log_mel_spectrogram", "egemaps_functionals")
     pending = {"v": [Trial("v", "Train_Set", "v", tmp_path / "v.mp4", None, tmp_path / "v")]}
+    source = VggishSource("vggish_model.ckpt", None, random_weights=False)
     for sets, with_vggish in ((("abaw5",), set()), (("abaw2",), {"v"}), (("abaw2", "abaw5"), {"v"})):
-        run = _StageRun(pending, tmp_path, configs.FeatureConfig(features=sets), None, {}, quiet=True)
-        assert run.with_vggish == with_vggish  # no VGGish pool (no TensorFlow process) when empty
+        run = _StageRun(pending, tmp_path, configs.FeatureConfig(features=sets), source if with_vggish else None,
+                        {}, quiet=True)
+        assert run.with_vggish == with_vggish  # no VGGish task, so no VGGish process (no TensorFlow) when empty
+    with pytest.raises(ValueError, match="no VGGish weights"):
+        _StageRun(pending, tmp_path, configs.FeatureConfig(), None, {}, quiet=True)
     # an abaw2 trial of an earlier run that now gets abaw5: no VGGish again
     run = _StageRun(pending, tmp_path, configs.FeatureConfig(features=("abaw2", "abaw5")), None, {}, quiet=True,
                     todo={"v": ("frame", "label", "logmel", "egemaps_functionals")})

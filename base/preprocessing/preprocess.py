@@ -639,12 +639,15 @@ class _StageRun:
                  vggish_source: VggishSource | None, results: dict[str, TrialResult], quiet: bool,
                  todo: dict[str, tuple[str, ...]] | None = None) -> None:
         self.pending, self.output, self.features, self.results = pending, output, features, results
-        self.vggish_source = vggish_source
+        self.vggish_source = vggish_source or VggishSource("", None, random_weights=False)  # unused then
         wanted = feature_files(features.features)
         self.todo = {t.name: (todo or {}).get(t.name, wanted) for trials in pending.values() for t in trials}
         self.video_files = {video: {name for t in trials for name in self.todo[t.name]}
                             for video, trials in pending.items()}  # the files each video's trials write
+        # the VGGish pool starts processes only when a task is submitted: with no such video, none starts
         self.with_vggish = {video for video, files in self.video_files.items() if "vggish" in files}
+        if self.with_vggish and vggish_source is None:
+            raise ValueError("vggish.npy is to be written but no VGGish weights were given")
         self.cache_root = output / ".cache"
         self.info: dict[str, dict[str, Any]] = {}  # video -> what the audio stage found
         self.futures: dict[Future, tuple[_Task, WorkerPool, int]] = {}
@@ -665,13 +668,10 @@ class _StageRun:
         interrupted = False
         try:
             self.pools[AUDIO] = self.pools[TRIALS] = WorkerPool(AUDIO, jobs)
-            if self.with_vggish:  # no TensorFlow process otherwise
-                if source is None:
-                    raise ValueError("vggish.npy is to be written but no VGGish weights were given")
-                self.pools[VGGISH] = WorkerPool(
-                    VGGISH, n_vggish_workers, initializer=_init_vggish,
-                    initargs=(source.checkpoint, source.pca_params, self.features.vggish_batch_size,
-                              max(1, jobs // n_vggish_workers), self.features.vggish_device))
+            self.pools[VGGISH] = WorkerPool(
+                VGGISH, n_vggish_workers, initializer=_init_vggish,
+                initargs=(source.checkpoint, source.pca_params, self.features.vggish_batch_size,
+                          max(1, jobs // n_vggish_workers), self.features.vggish_device))
             for video in self.pending:
                 self._submit(_Task(AUDIO, video))
             while self.futures:
