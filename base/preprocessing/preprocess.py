@@ -322,8 +322,8 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
         _keep_other_files(final, staging, len(indices))
         meta = {**result.row(), "fps": fps, "n": len(indices)}
         (staging / META_NAME).write_text(json.dumps(meta, indent=1))
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a full disk: give the space back to the other trials
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk, a bad spectrogram: no half folder left
         raise
     if final.exists():
         shutil.rmtree(final)
