@@ -1,5 +1,8 @@
 """Write ``mean_std_dict.pkl``: scalar mean/std of each audio feature per fold and partition.
 
+The features are those of the dataset's feature sets (``dataset_info.pkl``): mfcc egemaps vggish
+(abaw2), egemaps_functionals (abaw5); logmel is not normalised (the authors' ABAW5 reader does not).
+
 Usage:
     python calculate_mean_and_std.py --output PROCESSED_DATASET [--features mfcc vggish ...] [--quiet]
     python calculate_mean_and_std.py      # the dataset_path of configs.py or of the config file
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON or YAML config file (for its dataset_path)")
     parser.add_argument(
         "--features", nargs="+", default=None, metavar="STEM",
-        help="feature file stems (default: mfcc egemaps vggish, plus landmark au when present)",
+        help="feature file stems (default: mfcc egemaps vggish for the abaw2 features, egemaps_functionals for "
+             "abaw5, plus landmark au when present; logmel is not normalised)",
     )
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
     return parser

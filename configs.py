@@ -17,7 +17,9 @@ Sections:
     PredictConfig   where ``predict.py`` writes the test-set submission
 
 Field names are unique across sections, so that every field is also a flat ``--kebab-case``
-command-line flag.
+command-line flag. One field shares its name with a section: ``features`` (the feature sets a
+preprocessing run makes) is also the name of the FeatureConfig section; in an override a mapping
+means the section, anything else (a list, one name) the field.
 """
 
 from __future__ import annotations
@@ -93,6 +95,33 @@ class ModelName(enum.StrEnum):
 
 EMOTIONS = ("valence", "arousal")
 VGGISH_ENGINES = ("tf", "torch")  # the values of vggish.engines.VggishEngine (configs imports no vggish code)
+
+
+class FeatureSet(enum.StrEnum):
+    """The arrays a preprocessing run writes per trial (``features`` config key; README: pipeline table)."""
+
+    ABAW2 = "abaw2"  # the paper's (2021): frame, mfcc, egemaps (23 LLDs), vggish, label
+    ABAW5 = "abaw5"  # the authors' second generation (2023, sucv/ABAW3): frame, logmel, egemaps_functionals, label
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """npy file stems of this set (``label`` only for annotated trials)."""
+        return FEATURE_SET_FILES[self]
+
+
+FEATURE_SET_FILES = {
+    FeatureSet.ABAW2: ("frame", "mfcc", "egemaps", "vggish", "label"),
+    FeatureSet.ABAW5: ("frame", "logmel", "egemaps_functionals", "label"),
+}
+
+
+def feature_files(feature_sets: tuple[str, ...]) -> tuple[str, ...]:
+    """npy file stems the feature sets write together, each once, in the order of the sets.
+
+    >>> feature_files(("abaw2", "abaw5"))
+    ('frame', 'mfcc', 'egemaps', 'vggish', 'label', 'logmel', 'egemaps_functionals')
+    """
+    return tuple(dict.fromkeys(stem for name in feature_sets for stem in FeatureSet(name).files))
 
 # A JSON/YAML config file read when no --config is given (IDE users: put its path here); the
 # environment variable wins over it. Empty: none.
@@ -175,6 +204,7 @@ class FeatureConfig:
     video_dirs: tuple[str, ...] = ()  # folders holding the videos (empty: the whole database, recursively)
     test_list: str = ""  # the organisers' list of test trial names, one per line (empty: unannotated folders)
     vggish_device: str = "cpu"  # cpu: TensorFlow sees no GPU; gpu: VGGish may use the GPUs (memory grown as needed)
+    features: tuple[str, ...] = ("abaw2",)  # feature sets to write: abaw2 (the paper's) and/or abaw5 (FeatureSet)
 
 
 @dataclass(frozen=True)
@@ -312,6 +342,8 @@ FIELD_HELP: dict[str, str] = {
                   "cropped_aligned/ skipped)",
     "test_list": "the organisers' test-set list (e.g. Valence_Arousal_Estimation_Challenge_test_set_release.txt, "
                  "one trial name per line); default: cropped_aligned folders without a VA annotation",
+    "features": "feature sets to write: abaw2 (frame mfcc egemaps vggish label: the paper's) and/or abaw5 (frame "
+                "logmel egemaps_functionals label: the authors' second generation); abaw5 alone runs no VGGish",
     "vggish_device": "cpu: hide the GPUs from TensorFlow (embeddings as the CPU build computes them, no GPU memory "
                      "taken); gpu: let VGGish use them (memory allocated as needed; with --vggish-engine torch: the "
                      "first CUDA GPU, an error when torch sees none)",
@@ -488,7 +520,7 @@ def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
     """Apply nested (``{"train": {...}}``) or flat (``{"batch_size": 4}``) overrides."""
     per_section: dict[str, dict[str, Any]] = {}
     for key, value in overrides.items():
-        if key in SECTIONS:
+        if key in SECTIONS and (isinstance(value, Mapping) or key not in FLAT_KEYS):  # 'features': both
             if not isinstance(value, Mapping):
                 raise UserError(f"config section '{key}' must be a mapping of keys to values")
             per_section.setdefault(key, {}).update(value)
@@ -555,6 +587,12 @@ def validate(config: Config) -> Config:
                         f"'{config.features.vggish_engine}'")
     if config.features.vggish_device not in ("cpu", "gpu"):
         raise UserError(f"config key 'vggish_device' must be cpu or gpu, got '{config.features.vggish_device}'")
+    feature_sets = [s.value for s in FeatureSet]
+    for name in config.features.features:
+        if name not in feature_sets:
+            raise UserError(f"config key 'features' must list {' and/or '.join(feature_sets)}, got '{name}'")
+    if not config.features.features:
+        raise UserError(f"config key 'features' needs at least one of {', '.join(feature_sets)}")
     return config
 
 

@@ -4,15 +4,20 @@ Examples:
     python preprocessing.py --make-demo demo_workspace/Affwild2 --seed 0 [--demo-layout abaw3]
     python preprocessing.py --database /data/Affwild2 --output /data/Affwild2_processed --jobs 8 \\
         --vggish-checkpoint vggish_model.ckpt --vggish-pca-params vggish_pca_params.npz
+    # both generations: the paper's files and the ABAW5 ones (logmel.npy, egemaps_functionals.npy)
+    python preprocessing.py --database /data/Affwild2 --output /data/Affwild2_processed --features abaw2 abaw5 \\
+        --vggish-checkpoint vggish_model.ckpt
+    # the ABAW5 files alone: no VGGish weights, no TensorFlow
+    python preprocessing.py --database /data/Affwild2 --output /data/Affwild2_abaw5 --features abaw5
     # a later ABAW release: annotations and videos are found in the database; the test set is the list
     python preprocessing.py --database /data/ABAW6 --output /data/ABAW6_processed \\
         --test-list Valence_Arousal_Estimation_Challenge_test_set_release.txt --vggish-checkpoint ...
     # IDE: with database_path and dataset_path set in configs.py (or a config file), no arguments
     python preprocessing.py
 
-VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally ``vggish_pca_params.npz``),
-or the same weights in PyTorch layout: the authors' ``vggish.pth`` (linked from the sucv/ABAW3 README);
-nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
+The abaw2 features' VGGish needs the AudioSet release's ``vggish_model.ckpt`` (and optionally
+``vggish_pca_params.npz``), or the same weights in PyTorch layout: the authors' ``vggish.pth`` (linked
+from the sucv/ABAW3 README); nothing is downloaded. Only the demo database may be preprocessed without them: random weights in the
 real checkpoint format are created then, and the log and dataset_info.pkl say so.
 
 On a cluster, N shards (--shard 1/N .. N/N) may run at the same time, on any machines sharing OUT;
@@ -132,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     from base.preprocessing.database import DatabaseLayout, discover_trials
 
     discover_trials(database, DatabaseLayout.of(config.features))  # checks the layout before any heavy set-up
-    vggish_source = resolve_vggish(config.features, database, output)
+    # VGGish only for the abaw2 features: abaw5 alone needs no weights and starts no TensorFlow
+    vggish_source = (resolve_vggish(config.features, database, output)
+                     if configs.FeatureSet.ABAW2 in config.features.features else None)
     results = preprocess_database(database, output, config.features, vggish_source,
                                   quiet=args.quiet, keep_cache=args.keep_cache, shard=shard)
     return report(results, output, shard)

@@ -6,8 +6,9 @@ The video goes through the same steps as a database trial, with every frame kept
 2. faces: a detector (``base.prediction.face_detection``: Haar, MTCNN or OpenFace landmarks) finds the face of
    each frame, cropped square to ``frame_size`` (48) RGB; a frame without a face stays black;
 3. audio, only when a run reads it: ``base.preprocessing.preprocess.audio_stage`` (ffmpeg wav, openSMILE MFCC and
-   eGeMAPS) and ``vggish_stage`` (one VGGish embedding per frame), run in spawned processes exactly as
-   preprocessing runs them, then sampled at every frame with ``base.preprocessing.sampling``;
+   eGeMAPS, the eGeMAPS functionals of each frame's second) and ``vggish_stage`` (one VGGish embedding per
+   frame), run in spawned processes exactly as preprocessing runs them, then sampled at every frame with
+   ``base.preprocessing.sampling``;
 4. OpenFace landmarks/action units (``flm``/``fau``), when a run reads them, from its CSV;
 5. every run predicts the video (``base.prediction.prediction.predict_ensemble``: the features z-scored as
    test trials are, with the statistics the run's ``test_statistics`` names); the runs of an emotion
@@ -50,7 +51,9 @@ from configs import EMOTIONS, FeatureConfig, Modality
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("frame", "time_s", "valence", "arousal", "face_found")
-AUDIO_MODALITIES = (Modality.MFCC.value, Modality.EGEMAPS.value, Modality.VGGISH.value)
+AUDIO_MODALITIES = (Modality.MFCC.value, Modality.EGEMAPS.value, Modality.VGGISH.value,
+                    Modality.EGEMAPS_FUNCTIONALS.value)
+PER_FRAME_MODALITIES = (Modality.VGGISH.value, Modality.EGEMAPS_FUNCTIONALS.value)  # one cached row per video frame
 OPENFACE_MODALITIES = (Modality.LANDMARK.value, Modality.ACTION_UNIT.value)
 RANDOM_VGGISH_MARK = "RANDOM"  # how dataset_info.pkl's 'vggish_weights' starts for the demo's random weights
 REAL_VGGISH_MARK = "VGGish checkpoint "
@@ -128,7 +131,7 @@ def sample_audio_features(cache_dir: Path, names: Sequence[str], n_frames: int, 
     arrays = {}
     for name in names:
         rows = np.load(cache_dir / f"{name}.npy")
-        if name == Modality.VGGISH.value:
+        if name in PER_FRAME_MODALITIES:
             index = vggish_rows(frame_indices, len(rows))
         else:
             index = opensmile_rows(frame_indices, fps, opensmile_hop_s, n_rows=len(rows))
@@ -379,7 +382,7 @@ def _extract(video: Path, n_frames: int, fps: float, detector: Detector, audio_n
              openface_names: list[str], vggish_checkpoint: str, features: FeatureConfig, options: VideoOptions,
              work_dir: Path) -> tuple[dict[str, np.ndarray], FaceTrack]:
     """Faces and features of every frame; the audio runs in spawned processes while the faces are found."""
-    from base.preprocessing.preprocess import _init_vggish, audio_stage, vggish_stage
+    from base.preprocessing.preprocess import _init_vggish, audio_caches, audio_stage, vggish_stage
 
     context = multiprocessing.get_context("spawn")
     cache = work_dir / "audio"
@@ -388,7 +391,8 @@ def _extract(video: Path, n_frames: int, fps: float, detector: Detector, audio_n
     try:
         audio_future: Future | None = None
         if audio_pool is not None:
-            audio_future = audio_pool.submit(audio_stage, str(video), str(cache), features.sample_rate)
+            audio_future = audio_pool.submit(audio_stage, str(video), str(cache), features.sample_rate,
+                                             audio_caches(audio_names))
         track = _faces(video, n_frames, detector, openface_names, features, options, work_dir, arrays)
         if audio_future is not None:
             audio_future.result()

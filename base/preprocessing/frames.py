@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from base.preprocessing.npy_stream import write_npy
+
+CHUNK_FRAMES = 1024  # crops read and written at once by write_face_frames: 1024 x 48 x 48 x 3 = 7 MB
+
 
 def jpg_name(frame_index: int) -> str:
     """0-based frame index -> Aff-Wild2's 1-based, 5-digit jpg name."""
@@ -45,3 +49,20 @@ def load_face_frames(face_dir: str | Path, frame_indices: np.ndarray, size: int 
             continue
         frames[row] = image
     return frames, missing
+
+
+def write_face_frames(path: str | Path, face_dir: str | Path, frame_indices: np.ndarray, size: int = 48,
+                      chunk_frames: int = CHUNK_FRAMES) -> int:
+    """``load_face_frames`` written to ``path`` as npy, ``chunk_frames`` crops at a time (memory does not grow
+    with the trial; the file is byte-identical to ``np.save`` of the whole array). Returns the missing faces."""
+    missing = 0
+
+    def blocks():
+        nonlocal missing
+        for first in range(0, len(frame_indices), chunk_frames):
+            frames, n_missing = load_face_frames(face_dir, frame_indices[first:first + chunk_frames], size)
+            missing += n_missing
+            yield frames
+
+    write_npy(path, (len(frame_indices), size, size, 3), np.uint8, blocks())
+    return missing

@@ -4,10 +4,17 @@ Work is split per video (the audio is shared by ``_left``/``_right`` trials) int
 run in separate *spawned* worker processes, because the openSMILE library crashes when TensorFlow
 was imported first in the same process:
 
-1. audio   (pool A): probe the video, ffmpeg -> 16 kHz wav, openSMILE MFCC and eGeMAPS per 10 ms;
+1. audio   (pool A): probe the video, ffmpeg -> 16 kHz wav, and what the feature sets need:
+   openSMILE MFCC and eGeMAPS per 10 ms (abaw2), the VGGish log-mel spectrogram (numpy) and the
+   eGeMAPS functionals of every video frame's one-second segment (abaw5);
 2. vggish  (pool B): one VGGish embedding per video frame, batched (TensorFlow lives only here);
+   only for abaw2: with ``features`` abaw5 alone no TensorFlow process starts;
 3. trials  (pool A): labels, face crops and the features sampled at the labeled frames, written to
    ``npy_data/.tmp-<trial>`` and renamed to ``npy_data/<trial>`` when complete.
+
+``features`` (``configs.FeatureSet``) chooses the files: abaw2 (the paper's, unchanged) and/or
+abaw5 (the authors' second generation: ``logmel.npy``, ``egemaps_functionals.npy``). A finished
+trial that lacks a file of the chosen sets gets it in a later run; the files it has are kept.
 
 Per-video intermediate arrays are cached in ``OUT/.cache/<video>/`` (each written atomically), so a
 killed run resumes where it stopped; finished trials are skipped; a bad trial is skipped with a
@@ -47,10 +54,10 @@ from base.preprocessing import shards
 from base.preprocessing.annotations import read_annotation
 from base.preprocessing.database import TEST_PARTITION, DatabaseLayout, Trial, discover_trials
 from base.preprocessing.failures import MACHINE, classify, describe_exit
-from base.preprocessing.frames import load_face_frames
+from base.preprocessing.frames import write_face_frames
 from base.preprocessing.pools import WorkerPool
-from base.safe_pickle import save_pickle
-from configs import FeatureConfig
+from base.safe_pickle import load_pickle, save_pickle
+from configs import FeatureConfig, FeatureSet, feature_files
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +65,21 @@ SUMMARY_NAME = "preprocessing_summary.csv"
 META_NAME = "meta.json"
 SUMMARY_COLUMNS = ("trial", "partition", "video", "video_frames", "labeled", "missing_faces",
                    "audio_s", "video_s", "status", "message", "openface")
-FEATURE_FILES = ("frame", "mfcc", "egemaps", "vggish", "label")
+LABEL_FILE, FRAME_FILE = "label", "frame"
+# per-video caches (OUT/.cache/<video>/<name>.npy) of the audio stage, and the cache each trial file is sampled from
+MFCC_CACHE, EGEMAPS_CACHE, LOG_MEL_CACHE, FUNCTIONALS_CACHE = "mfcc", "egemaps", "log_mel_spectrogram", "egemaps_functionals"
+VGGISH_CACHE = "vggish"  # the VGGish stage's
+AUDIO_CACHES = (MFCC_CACHE, EGEMAPS_CACHE, LOG_MEL_CACHE, FUNCTIONALS_CACHE)
+FILE_CACHE = {"mfcc": MFCC_CACHE, "egemaps": EGEMAPS_CACHE, "vggish": VGGISH_CACHE, "logmel": LOG_MEL_CACHE,
+              "egemaps_functionals": FUNCTIONALS_CACHE}
+NO_VGGISH = "none: this run wrote no vggish.npy (features: abaw5)"
+SILENT_AUDIO = "the audio track is silent (every sample is 0): its audio features are constant"
 # summary statuses: finished now or before; bad input (exit 1); not finished because the machine failed (exit 3)
 OK, DONE_EARLIER, SKIPPED, NOT_DONE = "ok", "done earlier", "skipped", "not done"
 MAX_WORKER_DEATHS = 2  # a video whose worker dies twice is given up (the messages say "twice")
 MAX_UNEXPLAINED_DEATHS = 3  # workers dying on no known video: the machine itself is the problem
 # FeatureConfig fields that change the arrays: every shard of one output must share them
-PLAN_SETTINGS = ("frame_size", "sample_rate", "opensmile_hop_s", "max_label_frame_mismatch")
+PLAN_SETTINGS = ("frame_size", "sample_rate", "opensmile_hop_s", "max_label_frame_mismatch", "features")
 
 
 @dataclass
@@ -154,8 +169,22 @@ def check_tools() -> None:
 # ----------------------------------------------------------------------------- worker stages
 
 
-def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, Any]:
-    """Stage 1 (no TensorFlow in this process): probe, wav, MFCC and eGeMAPS of one video."""
+def audio_caches(files: Sequence[str]) -> tuple[str, ...]:
+    """The audio stage's caches that the trial files ``files`` are sampled from, in ``AUDIO_CACHES`` order."""
+    wanted = {FILE_CACHE[name] for name in files if name in FILE_CACHE}
+    return tuple(name for name in AUDIO_CACHES if name in wanted)
+
+
+def _is_silent(wav: Path, block_frames: int = 1 << 20) -> bool:
+    """Whether every sample of the wav is 0 (read a block at a time)."""
+    import soundfile as sf
+
+    return not any(np.any(block) for block in sf.blocks(str(wav), blocksize=block_frames, dtype="int16"))
+
+
+def audio_stage(video_path: str, cache_dir: str, sample_rate: int,
+                caches: Sequence[str] = (MFCC_CACHE, EGEMAPS_CACHE)) -> dict[str, Any]:
+    """Stage 1 (no TensorFlow in this process): probe and wav of one video, and its ``caches`` (``AUDIO_CACHES``)."""
     import soundfile as sf
 
     from base.preprocessing import media, opensmile_features
@@ -175,10 +204,26 @@ def audio_stage(video_path: str, cache_dir: str, sample_rate: int) -> dict[str, 
         info["audio_s"] = media.extract_wav(video_path, wav, sample_rate)
     elif "audio_s" not in info:  # the wav of a run stopped before video.json was written
         info["audio_s"] = sf.info(str(wav)).frames / sample_rate
-    for name, extract in (("mfcc", opensmile_features.extract_mfcc), ("egemaps", opensmile_features.extract_egemaps)):
+    if "silent" not in info:
+        info["silent"] = _is_silent(wav)
+
+    def extract(name: str) -> np.ndarray:
+        if name == MFCC_CACHE:
+            return opensmile_features.extract_mfcc(wav)
+        if name == EGEMAPS_CACHE:
+            return opensmile_features.extract_egemaps(wav)
+        if name == LOG_MEL_CACHE:
+            from base.preprocessing.logmel import log_mel_of_wav
+
+            return log_mel_of_wav(wav)
+        from base.preprocessing.egemaps_functionals import extract_egemaps_functionals
+
+        return extract_egemaps_functionals(wav, float(info["fps"]), int(info["n_frames"]))
+
+    for name in caches:
         target = cache / f"{name}.npy"
         if not target.is_file():
-            atomic.save_npy(target, extract(wav).astype(np.float32))
+            atomic.save_npy(target, extract(name).astype(np.float32))
     write_json_atomic(info_path, info)
     return info
 
@@ -210,10 +255,17 @@ def vggish_stage(cache_dir: str, fps: float, n_frames: int) -> str:
     return str(target)
 
 
-def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConfig) -> TrialResult:
-    """Stage 3: labels, frames and sampled features of one trial, written atomically."""
+def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConfig,
+                files: Sequence[str] | None = None) -> TrialResult:
+    """Stage 3: labels, frames and sampled features of one trial, written atomically.
+
+    Args:
+        files: the npy file stems to write (default: every file of ``features.features``); the other
+            files of an earlier run's folder for this trial are kept when they have its length.
+    """
     from base.preprocessing.sampling import opensmile_rows, sample_rows, vggish_rows
 
+    files = feature_files(features.features) if files is None else tuple(files)
     cache = Path(cache_dir)
     info = json.loads((cache / "video.json").read_text())
     fps, n_video_frames = float(info["fps"]), int(info["n_frames"])
@@ -234,39 +286,72 @@ def trial_stage(trial: Trial, cache_dir: str, output: str, features: FeatureConf
     else:
         indices = np.arange(n_video_frames)
         labels = None
-    frames, missing = load_face_frames(trial.face_dir, indices, features.frame_size)
-    mfcc = np.load(cache / "mfcc.npy")
-    egemaps = np.load(cache / "egemaps.npy")
-    vggish = np.load(cache / "vggish.npy")
-    arrays = {
-        "frame": frames,
-        "mfcc": sample_rows(mfcc, opensmile_rows(indices, fps, features.opensmile_hop_s, n_rows=len(mfcc))),
-        "egemaps": sample_rows(egemaps, opensmile_rows(indices, fps, features.opensmile_hop_s, n_rows=len(egemaps))),
-        "vggish": sample_rows(vggish, vggish_rows(indices, len(vggish))),
-    }
-    if labels is not None:
-        arrays["label"] = labels
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("mfcc", "egemaps"):  # openSMILE LLDs: the 10 ms row nearest to each frame
+        if name in files:
+            lld = np.load(cache / f"{FILE_CACHE[name]}.npy")
+            arrays[name] = sample_rows(lld, opensmile_rows(indices, fps, features.opensmile_hop_s, n_rows=len(lld)))
+    for name in ("vggish", "egemaps_functionals"):  # one row per video frame
+        if name in files:
+            per_frame = np.load(cache / f"{FILE_CACHE[name]}.npy")
+            arrays[name] = sample_rows(per_frame, vggish_rows(indices, len(per_frame)))
+    if labels is not None and LABEL_FILE in files:
+        arrays[LABEL_FILE] = labels
     for name, array in arrays.items():
-        if name != "frame" and not np.all(np.isfinite(array)):
+        if not np.all(np.isfinite(array)):
             raise UserError(f"trial {trial.name}: {name} has non-finite values")
     result.labeled = len(indices)
-    result.missing_faces = missing
+    if info.get("silent"):
+        result.message = SILENT_AUDIO
     final = Path(output) / "npy_data" / trial.name
     staging = final.with_name(f".tmp-{trial.name}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
+        # (n, 48, 48, 3) crops and (n, 96, 64) patches: written a block at a time (memory flat in the trial length)
+        result.missing_faces = write_face_frames(staging / f"{FRAME_FILE}.npy", trial.face_dir, indices,
+                                                 features.frame_size)
         for name, array in arrays.items():
             np.save(staging / f"{name}.npy", array)
+        if "logmel" in files:
+            from base.preprocessing.logmel import patch_starts_of_frames, write_logmel
+
+            log_mel_path = cache / f"{LOG_MEL_CACHE}.npy"
+            n_log_mel_frames = len(np.load(log_mel_path, mmap_mode="r"))  # (T, 64)
+            write_logmel(staging / "logmel.npy", log_mel_path,
+                         patch_starts_of_frames(indices, fps, n_video_frames, n_log_mel_frames))
+        _keep_other_files(final, staging, len(indices))
         meta = {**result.row(), "fps": fps, "n": len(indices)}
         (staging / META_NAME).write_text(json.dumps(meta, indent=1))
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # a full disk: give the space back to the other trials
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk, a bad spectrogram: no half folder left
         raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
     return result
+
+
+def _keep_other_files(final: Path, staging: Path, n: int) -> None:
+    """Link into ``staging`` the npy files of an earlier ``final`` that this run does not write (another
+    feature set's, OpenFace's), if they still have the trial's ``n`` rows."""
+    if not final.is_dir():
+        return
+    for old in sorted(final.glob("*.npy")):
+        new = staging / old.name
+        if new.exists():
+            continue
+        try:
+            rows = np.load(old, mmap_mode="r", allow_pickle=False).shape[:1]
+        except (ValueError, OSError):
+            rows = ()
+        if rows != (n,):
+            log.warning("%s: dropped (it does not have the trial's %d rows)", old, n)
+            continue
+        try:
+            os.link(old, new)
+        except OSError:  # a file system without hard links
+            shutil.copy2(old, new)
 
 
 def frame_indices_of(trial: Trial, output: Path) -> np.ndarray:
@@ -346,11 +431,21 @@ def _run_openface(trials: list[Trial], output: Path, features: FeatureConfig,
 # ----------------------------------------------------------------------------- orchestration
 
 
-def _done_result(output: Path, trial: Trial | shards.PlannedTrial) -> TrialResult | None:
-    meta_path = output / "npy_data" / trial.name / META_NAME
-    if not meta_path.is_file():
+def _missing_files(output: Path, trial: Trial | shards.PlannedTrial, files: Sequence[str]) -> list[str] | None:
+    """The ``files`` a finished trial lacks (``label`` only counts for an annotated one); None when not finished."""
+    folder = output / "npy_data" / trial.name
+    if not (folder / META_NAME).is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    annotated = trial.partition != TEST_PARTITION
+    return [name for name in files if (annotated or name != LABEL_FILE) and not (folder / f"{name}.npy").is_file()]
+
+
+def _done_result(output: Path, trial: Trial | shards.PlannedTrial,
+                 files: Sequence[str] = FeatureSet.ABAW2.files) -> TrialResult | None:
+    """The summary row of a trial that has every file of ``files``; else None."""
+    if _missing_files(output, trial, files) != []:
+        return None
+    meta = json.loads((output / "npy_data" / trial.name / META_NAME).read_text())
     result = TrialResult(**{k: meta[k] for k in SUMMARY_COLUMNS if k in meta})
     result.status = DONE_EARLIER
     return result
@@ -360,17 +455,30 @@ def _failed(trial: Trial, message: str, status: str = SKIPPED) -> TrialResult:
     return TrialResult(trial.name, trial.partition, trial.video, status=status, message=message)
 
 
-def vggish_weights_text(vggish_source: VggishSource) -> str:
-    """What ``dataset_info.pkl`` says about the VGGish weights."""
+def vggish_weights_text(vggish_source: VggishSource | None) -> str:
+    """What ``dataset_info.pkl`` says about the VGGish weights (None: no VGGish in this run)."""
+    if vggish_source is None:
+        return NO_VGGISH
     if vggish_source.random_weights:
         return "RANDOM VGGish weights (demo only: these features carry no AudioSet knowledge)"
     return f"VGGish checkpoint {vggish_source.checkpoint}"
 
 
+def plan_settings(features: FeatureConfig, vggish_source: VggishSource | None) -> dict[str, Any]:
+    """The settings every shard of one output must share (JSON values: the recorded plan is compared with them)."""
+    settings = {key: getattr(features, key) for key in PLAN_SETTINGS}
+    settings["features"] = sorted(set(features.features))
+    settings["random_vggish_weights"] = vggish_source is not None and vggish_source.random_weights
+    return settings
+
+
 def preprocess_database(database: str | Path, output: str | Path, features: FeatureConfig,
-                        vggish_source: VggishSource, quiet: bool = False,
+                        vggish_source: VggishSource | None, quiet: bool = False,
                         keep_cache: bool = False, shard: shards.Shard | None = None) -> list[TrialResult]:
     """Preprocess every trial of ``database`` (or of one shard) into ``output``; one result per trial.
+
+    Args:
+        vggish_source: the VGGish weights; None when ``features.features`` has no abaw2 (no VGGish).
 
     Raises:
         EnvironmentFailure: the machine failed (no space, a dead worker, ...); finished trials are
@@ -381,21 +489,27 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
     if shard is not None:
         if output.exists() and not output.is_dir():
             raise UserError(f"output path {output} is a file; give a folder (it is created if missing)")
-        settings = {key: getattr(features, key) for key in PLAN_SETTINGS}
-        settings["random_vggish_weights"] = vggish_source.random_weights
-        plan = shards.record_plan(output, shards.make_plan(trials, shard.count, settings,
+        plan = shards.record_plan(output, shards.make_plan(trials, shard.count, plan_settings(features, vggish_source),
                                                            vggish_weights_text(vggish_source)))
         mine = {t.name for t in plan.trials_of(shard.index)}
         log.info("shard %s: %d of %d trials", shard, len(mine), len(trials))
         trials = [t for t in trials if t.name in mine]
+    if FeatureSet.ABAW2 in features.features and vggish_source is None:
+        raise ValueError("the abaw2 features need VGGish weights (vggish_source)")
     prepare_output(output, trials)
     results: dict[str, TrialResult] = {}
     pending: dict[str, list[Trial]] = defaultdict(list)
+    wanted = feature_files(features.features)
+    todo: dict[str, tuple[str, ...]] = {}  # trial -> the files to write
     for trial in trials:
-        done = _done_result(output, trial)
-        if done is not None:
-            results[trial.name] = done
-        elif trial.video_path is None:
+        missing = _missing_files(output, trial, wanted)
+        if missing == []:
+            results[trial.name] = _done_result(output, trial, wanted)
+            continue
+        # an earlier run's trial lacking a feature set: the missing files, and its frames and labels again
+        todo[trial.name] = wanted if missing is None else tuple(
+            name for name in wanted if name in missing or name in (FRAME_FILE, LABEL_FILE))
+        if trial.video_path is None:
             results[trial.name] = _failed(trial, f"no video named {trial.video}.* in the video folders")
         else:
             if trial.annotation_path is not None:
@@ -411,7 +525,7 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
     machine_failure = None
     if pending:
         check_tools()
-        run = _StageRun(pending, output, features, vggish_source, results, quiet)
+        run = _StageRun(pending, output, features, vggish_source, results, quiet, todo)
         run.run()
         machine_failure = run.failure_line()
     for video, video_trials in pending.items():
@@ -423,6 +537,8 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
     for result in ordered:
         if result.status == SKIPPED:
             log.warning("skipped trial %s: %s", result.trial, result.message)
+        elif result.status == OK and result.message:
+            log.warning("trial %s: %s", result.trial, result.message)
     if machine_failure is not None:
         n_ready = sum(r.status in (OK, DONE_EARLIER) for r in ordered)
         _write_results_best_effort(output, ordered, shard)
@@ -430,12 +546,23 @@ def preprocess_database(database: str | Path, output: str | Path, features: Feat
                                  "rerunning the same command continues)")
     if shard is None:
         write_summary(output / SUMMARY_NAME, ordered)
+        weights = vggish_weights_text(vggish_source) if vggish_source is not None else _previous_vggish_weights(output)
         write_dataset_info(output, trials, {r.trial for r in ordered if r.status in (OK, DONE_EARLIER)},
-                           vggish_weights_text(vggish_source), features.frame_size)
+                           weights, features.frame_size)
     else:
         shards.write_shard_results(output, shard, [r.row() for r in ordered])
         finalize_shards(output, must_complete=False)
     return ordered
+
+
+def _previous_vggish_weights(output: Path) -> str:
+    """What an earlier run's ``dataset_info.pkl`` said about VGGish (its vggish.npy files are kept), else NO_VGGISH."""
+    path = output / "dataset_info.pkl"
+    if path.is_file():
+        previous = load_pickle(path)
+        if isinstance(previous, dict) and isinstance(previous.get("vggish_weights"), str):
+            return previous["vggish_weights"]
+    return NO_VGGISH
 
 
 def _write_results_best_effort(output: Path, ordered: list[TrialResult], shard: shards.Shard | None) -> None:
@@ -466,8 +593,9 @@ def finalize_shards(output: str | Path, must_complete: bool = True) -> list[Tria
         rows = shards.read_shard_results(output)
         results: list[TrialResult] = []
         missing: list[shards.PlannedTrial] = []
+        files = feature_files(tuple(shards.setting(plan, "features")))
         for trial in plan.trials:
-            done = _done_result(output, trial)
+            done = _done_result(output, trial, files)
             row = rows.get(trial.name)
             if done is not None:
                 results.append(TrialResult(**row) if row and row["status"] in (OK, DONE_EARLIER) else done)
@@ -504,13 +632,23 @@ class _StageRun:
 
     A task that fails on bad input skips its trials; one that fails because of the machine stops
     new work (``stop``); a task whose worker died is retried in a fresh pool, unless its video has
-    now killed ``MAX_WORKER_DEATHS`` workers (``given_up``).
+    now killed ``MAX_WORKER_DEATHS`` workers (``given_up``). A video none of whose trials needs
+    ``vggish.npy`` skips the VGGish stage; when no video needs it, no VGGish process starts.
     """
 
     def __init__(self, pending: dict[str, list[Trial]], output: Path, features: FeatureConfig,
-                 vggish_source: VggishSource, results: dict[str, TrialResult], quiet: bool) -> None:
+                 vggish_source: VggishSource | None, results: dict[str, TrialResult], quiet: bool,
+                 todo: dict[str, tuple[str, ...]] | None = None) -> None:
         self.pending, self.output, self.features, self.results = pending, output, features, results
-        self.vggish_source = vggish_source
+        self.vggish_source = vggish_source or VggishSource("", None, random_weights=False)  # unused then
+        wanted = feature_files(features.features)
+        self.todo = {t.name: (todo or {}).get(t.name, wanted) for trials in pending.values() for t in trials}
+        self.video_files = {video: {name for t in trials for name in self.todo[t.name]}
+                            for video, trials in pending.items()}  # the files each video's trials write
+        # the VGGish pool starts processes only when a task is submitted: with no such video, none starts
+        self.with_vggish = {video for video, files in self.video_files.items() if "vggish" in files}
+        if self.with_vggish and vggish_source is None:
+            raise ValueError("vggish.npy is to be written but no VGGish weights were given")
         self.cache_root = output / ".cache"
         self.info: dict[str, dict[str, Any]] = {}  # video -> what the audio stage found
         self.futures: dict[Future, tuple[_Task, WorkerPool, int]] = {}
@@ -518,7 +656,7 @@ class _StageRun:
         self.unexplained_deaths = 0
         self.stop: str | None = None  # the machine failure that stopped new work
         self.given_up: dict[str, str] = {}  # video -> why
-        totals = ((AUDIO, len(pending)), (VGGISH, len(pending)), (TRIALS, sum(map(len, pending.values()))))
+        totals = ((AUDIO, len(pending)), (VGGISH, len(self.with_vggish)), (TRIALS, sum(map(len, pending.values()))))
         self.bars = {name: tqdm(total=total, desc=name, disable=quiet, position=i, leave=True)
                      for i, (name, total) in enumerate(totals)}
         self.pools: dict[str, WorkerPool] = {}
@@ -572,12 +710,14 @@ class _StageRun:
         pool = self.pools[task.stage]
         if task.stage == AUDIO:
             video_path = str(self.pending[task.video][0].video_path)
-            args: tuple = (audio_stage, video_path, self._cache(task.video), self.features.sample_rate)
+            args: tuple = (audio_stage, video_path, self._cache(task.video), self.features.sample_rate,
+                           audio_caches(sorted(self.video_files[task.video])))
         elif task.stage == VGGISH:
             info = self.info[task.video]
             args = (vggish_stage, self._cache(task.video), info["fps"], info["n_frames"])
         else:
-            args = (trial_stage, task.trial, self._cache(task.video), str(self.output), self.features)
+            args = (trial_stage, task.trial, self._cache(task.video), str(self.output), self.features,
+                    self.todo[task.trial.name])
         future = pool.submit(task.stage, task.video, *args)
         self.futures[future] = (task, pool, pool.generation)
 
@@ -599,10 +739,10 @@ class _StageRun:
 
     def _succeeded(self, task: _Task, value: Any) -> None:
         self.bars[task.stage].update(1)
-        if task.stage == AUDIO:
+        if task.stage == AUDIO and task.video in self.with_vggish:
             self.info[task.video] = value
             self._submit(_Task(VGGISH, task.video))
-        elif task.stage == VGGISH:
+        elif task.stage in (AUDIO, VGGISH):
             for trial in self.pending[task.video]:
                 self._submit(_Task(TRIALS, task.video, trial))
         else:
@@ -616,7 +756,8 @@ class _StageRun:
                 self.results[trial.name] = _failed(trial, message, status)
         later = (AUDIO, VGGISH, TRIALS)[(AUDIO, VGGISH, TRIALS).index(task.stage):]
         for stage in later:
-            self.bars[stage].update(len(trials) if stage == TRIALS else 1)
+            if stage != VGGISH or task.video in self.with_vggish:
+                self.bars[stage].update(len(trials) if stage == TRIALS else 1)
 
     def _stop(self, message: str) -> None:
         """A failure of the machine: start nothing new, let the running tasks finish."""
@@ -665,10 +806,14 @@ def write_summary(path: Path, results: list[TrialResult]) -> None:
 
 def write_dataset_info(output: Path, trials: Sequence[Trial | shards.PlannedTrial], ready: set[str],
                        vggish_weights: str, frame_size: int) -> None:
-    """``dataset_info.pkl`` in the authors' layout, listing the ``ready`` trials that exist on disk."""
+    """``dataset_info.pkl`` in the authors' layout, listing the ``ready`` trials that exist on disk.
+
+    ``feature_sets`` names the sets (``configs.FeatureSet``) whose files every listed trial has.
+    """
     partition: dict[str, dict[str, int]] = {"Train_Set": {}, "Validation_Set": {}, TEST_PARTITION: {}}
     fps: dict[str, float] = {}
     video: dict[str, str] = {}
+    complete = {feature_set: True for feature_set in FeatureSet}
     for trial in sorted(trials, key=lambda t: t.name):
         meta_path = output / "npy_data" / trial.name / META_NAME
         if trial.name not in ready or not meta_path.is_file():
@@ -677,6 +822,8 @@ def write_dataset_info(output: Path, trials: Sequence[Trial | shards.PlannedTria
         partition[trial.partition][trial.name] = int(meta["n"])
         fps[trial.name] = float(meta["fps"])
         video[trial.name] = trial.video
+        for feature_set in FeatureSet:
+            complete[feature_set] &= _missing_files(output, trial, feature_set.files) == []
     info = {
         "partition": partition,
         "fps": fps,
@@ -684,7 +831,13 @@ def write_dataset_info(output: Path, trials: Sequence[Trial | shards.PlannedTria
         "vggish_weights": vggish_weights,
         "egemaps_feature_set": _egemaps_version(),
         "frame_size": frame_size,
+        "feature_sets": [feature_set.value for feature_set, ok in complete.items() if ok],
     }
+    if complete[FeatureSet.ABAW5]:
+        from base.preprocessing.egemaps_functionals import FUNCTIONALS_VERSION, SEGMENT_S
+
+        info["egemaps_functionals_feature_set"] = FUNCTIONALS_VERSION
+        info["egemaps_functionals_segment_s"] = SEGMENT_S
     save_pickle(info, output / "dataset_info.pkl")
 
 

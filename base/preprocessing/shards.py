@@ -188,6 +188,15 @@ def record_plan(output: str | Path, plan: Plan) -> Plan:
     return recorded
 
 
+# settings added after plans were first recorded: the value an older plan's shards used
+LEGACY_SETTINGS = {"features": ["abaw2"]}
+
+
+def setting(plan: Plan, key: str) -> Any:
+    """A setting of ``plan``; for a plan recorded before ``key`` existed, what its shards did."""
+    return plan.settings.get(key, LEGACY_SETTINGS.get(key))
+
+
 def plan_differences(recorded: Plan, plan: Plan) -> list[str]:
     """What makes ``plan`` incompatible with ``recorded`` (VGGish weight paths may differ between machines)."""
     differences = []
@@ -202,8 +211,9 @@ def plan_differences(recorded: Plan, plan: Plan) -> list[str]:
         else:
             differences.append("videos are assigned differently (are the video files the same?)")
     for key in sorted(set(recorded.settings) | set(plan.settings)):
-        if recorded.settings.get(key) != plan.settings.get(key):
-            differences.append(f"{key} is {recorded.settings.get(key)} there, {plan.settings.get(key)} here")
+        theirs, ours = setting(recorded, key), setting(plan, key)
+        if theirs != ours:
+            differences.append(f"{key} is {theirs} there, {ours} here")
     return differences
 
 

@@ -1,4 +1,10 @@
-"""Scalar mean and standard deviation of each feature per fold and partition (SPEC §2, §5).
+"""Scalar mean and standard deviation of each feature per fold and partition (SPEC §2, §5; SPEC-ABAW5 §1).
+
+The statistics are over every value of a feature (one scalar mean and one std, not one per column),
+with the sample std: ``mean = sum(x) / N``, ``std = sqrt(sum((x - mean)^2) / (N - 1))``, as both
+generations of the authors' code compute them (ABAW5's ``sum / (N + 1e-10)`` differs by a relative
+1e-10 / N). The features of each feature set (``ZSCORED``): abaw2 mfcc, egemaps, vggish; abaw5
+egemaps_functionals. ``logmel`` is not normalised by the authors (ToTensor only): it gets no entry.
 
 One streaming pass: every trial file is read once (memory-mapped, in row blocks) into its count,
 mean and sum of squared deviations in float64; the moments of a fold's partition are then merged
@@ -16,12 +22,14 @@ from tqdm import tqdm
 
 from base.data.folds import N_FOLDS, trial_fold_partition
 from base.data.processed import TEST_SETS, TRAIN_SET, VALIDATION_SET, ProcessedDataset
+from configs import FeatureSet
 
 TARGET_SET = TEST_SETS[0]  # the test trials' statistics, the same for every fold (the authors' name)
 
 logger = logging.getLogger(__name__)
 
 AUDIO_FEATURES = ("mfcc", "egemaps", "vggish")
+ZSCORED = {FeatureSet.ABAW2: AUDIO_FEATURES, FeatureSet.ABAW5: ("egemaps_functionals",)}  # logmel: none
 OPTIONAL_FEATURES = ("landmark", "au")  # OpenFace features, when the dataset has them
 BLOCK_VALUES = 4_000_000  # values per block read from one file (bounds memory to ~32 MB)
 
@@ -60,10 +68,16 @@ def merge_moments(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> tup
 
 
 def default_features(dataset: ProcessedDataset) -> tuple[str, ...]:
-    """The audio features, plus landmark/au when the first training trial has them."""
+    """The z-scored features of the dataset's feature sets, plus landmark/au when the first training trial has them.
+
+    The sets are ``feature_sets`` of ``dataset_info.pkl``; a dataset without that entry (written
+    before it, or the authors') has the abaw2 set.
+    """
+    sets = dataset.info.get("feature_sets", [FeatureSet.ABAW2.value])
+    zscored = tuple(name for feature_set in FeatureSet if feature_set.value in sets for name in ZSCORED[feature_set])
     first = dataset.partition_trials(TRAIN_SET)[:1]
     optional = tuple(f for f in OPTIONAL_FEATURES if first and dataset.has_file(first[0], f))
-    return AUDIO_FEATURES + optional
+    return zscored + optional
 
 
 def compute_mean_std(
