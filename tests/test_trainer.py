@@ -299,6 +299,29 @@ def test_a_non_finite_epoch_loss_is_a_user_error(mfcc_dataset, tmp_path):
         trainer.train_epoch(0)
 
 
+def test_the_best_epochs_evaluation_is_what_the_best_weights_predict_again(mfcc_dataset, tmp_path):
+    # The end of a fit reuses the validation made in the best epoch instead of predicting once more.
+    config = apply_overrides(Config(), {"model": {"modality": ["mfcc"]},
+                                        "train": {"window_length": 8, "hop_length": 4, "batch_size": 2,
+                                                  "learning_rate": 0.5, "num_epochs": 4, "quiet": True,
+                                                  "load_best_at_each_epoch": False}})
+    train_part, validation_part = fold_partitions(mfcc_dataset, config, 0, mfcc_dataset.mean_std())
+    torch.manual_seed(0)
+    trainer = Trainer(StubModel(), config, torch.device("cpu"), RunFolder(tmp_path / "run").create(), train_part,
+                      validation_part)
+    assert trainer.best_evaluation is None
+    state = trainer.fit()
+    kept = trainer.best_evaluation
+    assert kept is not None and state.best_epoch < state.next_epoch - 1, state.history  # the weights moved on after it
+    trainer.load_best()
+    assert trainer.evaluate_best(validation_part) is kept
+    again = trainer.evaluate(validation_part)
+    assert kept.metrics == again.metrics
+    for trial, predicted in kept.predictions.items():
+        np.testing.assert_array_equal(predicted, again.predictions[trial])
+    assert trainer.evaluate_best(train_part) is not kept  # another partition is predicted
+
+
 # ----------------------------------------------------------------------------- z-scoring per partition
 
 

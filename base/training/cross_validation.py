@@ -166,7 +166,7 @@ def run_fold(
     state = trainer.fit()
 
     trainer.load_best()
-    evaluation = trainer.evaluate(validation)
+    evaluation = trainer.evaluate_best(validation)
     emotions = output_emotions(config.model)
     overall = {emotion: dict(evaluation.metrics[emotion]) for emotion in emotions}
     result = FoldResult(

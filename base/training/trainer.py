@@ -342,6 +342,9 @@ class Trainer:
         self.generator.manual_seed(rank_seed(config.train.seed, self.context.rank))
         self.state = TrainState()
         self.best_state = clone_state(self.model)
+        # The validation of the best weights, kept from their epoch in this process (None after a
+        # resume, until an epoch improves): the end of a fit reuses it.
+        self.best_evaluation: Evaluation | None = None
         self.optimizer, self.scheduler = self._new_optimizer()
 
     # -- optimisation pieces
@@ -519,7 +522,7 @@ class Trainer:
             evaluation = self.evaluate(self.validation_data)
             score = selection_score(evaluation.metrics, self.selected_emotions)
             improved = score > self.state.best_score
-            self._update_best(epoch, score, improved)
+            self._update_best(epoch, score, improved, evaluation)
             self.scheduler.step(score)
             if t.load_best_at_each_epoch and not improved:
                 self.model.load_state_dict(self.best_state)
@@ -533,8 +536,9 @@ class Trainer:
             logger.info("training stopped: %s", self.state.stop_reason)
         return self.state
 
-    def _update_best(self, epoch: int, score: float, improved: bool) -> None:
+    def _update_best(self, epoch: int, score: float, improved: bool, evaluation: Evaluation) -> None:
         if improved:
+            self.best_evaluation = evaluation
             self.state.best_score = score
             self.state.best_epoch = epoch
             self.state.epochs_without_improvement = 0
@@ -631,3 +635,11 @@ class Trainer:
     def load_best(self) -> None:
         """Put the best weights into the model (end of training)."""
         self.model.load_state_dict(self.best_state)
+
+    def evaluate_best(self, partition: Partition) -> Evaluation:
+        """The best weights' evaluation of the validation partition, after ``load_best``: the one made in
+        their epoch when this process made it (the same weights, BatchNorm statistics and eval-mode
+        forward give the same outputs), else predicted now."""
+        if self.best_evaluation is not None and partition is self.validation_data:
+            return self.best_evaluation
+        return self.evaluate(partition)
