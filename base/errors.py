@@ -108,11 +108,29 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is when the record is emitted, not as it was when the
+    handler was made: a script run twice in one process (an IDE console, a notebook, the tests) whose
+    stderr was replaced in between never writes to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass  # always the current sys.stderr
+
+
 def setup_logging(quiet: bool = False) -> None:
     """Log to stderr: INFO normally, WARNING only with ``--quiet``."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[_CurrentStderrHandler()],
         force=True,
     )

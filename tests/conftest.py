@@ -114,6 +114,19 @@ def demo_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "Affwild2"
 
 
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """Each script run configures the root logger (``setup_logging``); put it back after every test, so
+    that what a test prints does not depend on which test ran before it on the same worker."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch intra-op thread for a test module, restored after: tiny models run fastest on one

@@ -256,3 +256,20 @@ def test_a_missing_ffmpeg_stops_preprocessing_before_any_work(monkeypatch, capsy
     assert run_cli(lambda argv: check_tools(), []) == EXIT_ENVIRONMENT
     (line,) = _error_lines(capsys.readouterr().err)
     assert line.startswith("error: ffmpeg was not found: install it on PATH")
+
+
+def test_log_records_go_to_the_stderr_of_the_moment(monkeypatch):
+    # A script run twice in one process (IDE console, notebook, tests) with stderr replaced in between.
+    import io
+    import logging
+    import sys
+
+    from base.errors import setup_logging
+
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    setup_logging(quiet=True)
+    first.close()  # the stream the handler saw at set-up is gone
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("base.test").warning("still heard")
+    assert second.getvalue().endswith("WARNING base.test: still heard\n")

@@ -233,6 +233,7 @@ def test_preprocessing_rejects_a_bad_pth_in_one_line(tmp_path, capsys):
     bad = tmp_path / "vggish.pth"
     torch.save(_zero_state({k: s for k, s in torch_shapes().items() if not k.startswith("embeddings.4")}), bad)
     argv = ["--database", str(database), "--output", str(tmp_path / "out"), "--vggish-checkpoint", str(bad)]
+    capsys.readouterr()  # what making the database printed
     assert run_cli(preprocessing.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: VGGish weights") and err.count("\n") == 1
