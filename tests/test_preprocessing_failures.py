@@ -25,16 +25,14 @@ from base.safe_pickle import load_pickle
 from tests.conftest import ROOT
 from tests.disk_helpers import resize, tmpfs
 
-pytestmark = pytest.mark.slow
+# One worker runs them all under pytest-xdist: the clean run they compare with is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("preprocessing_failures")]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vggish.checkpoint import write_random_checkpoint
-
-    path = tmp_path_factory.mktemp("vggish") / "vggish_model.ckpt"
-    write_random_checkpoint(str(path), seed=0)
-    return path
+def checkpoint(vggish_checkpoints: dict[str, Path]) -> Path:
+    """Random VGGish weights (seed 0) in the V2 checkpoint format, shared by the session."""
+    return vggish_checkpoints["v2"]
 
 
 def _argv(database: Path, output: Path, checkpoint: Path, *extra: str) -> list[str]:
