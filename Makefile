@@ -15,7 +15,9 @@ PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: venv demo test test-fast lint bench clean-demo
 
-$(VENV)/.installed: requirements.txt
+# The folder's name holds the hash of requirements.txt: a changed file gets a new environment, and a
+# fresh clone (whose requirements.txt is newer than the stamp) reuses the cached one as it is.
+$(VENV)/.installed: | requirements.txt
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

@@ -409,13 +409,16 @@ def database_30fps(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(database_30fps, tmp_path_factory) -> dict[str, Path]:
-    """The same database preprocessed with abaw2, abaw5, and both (each from scratch)."""
+def runs(database_30fps, vggish_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """The same database preprocessed with abaw2, abaw5, and both (each from scratch); VGGish with the
+    session's random weights (seed 0, what the demo would write into each output)."""
     outputs = {}
     for name, sets in (("abaw5", ["abaw5"]), ("abaw2", ["abaw2"]), ("both", ["abaw2", "abaw5"])):
         output = tmp_path_factory.mktemp(name) / "out"
         argv = ["--database", str(database_30fps), "--output", str(output), "--jobs", "2", "--quiet",
                 "--features", *sets]
+        if "abaw2" in sets:
+            argv += ["--vggish-checkpoint", str(vggish_checkpoints["v2"])]
         assert _run(argv + (["--keep-cache"] if name == "abaw5" else [])) == 0
         outputs[name] = output
     return outputs

@@ -190,11 +190,11 @@ def test_torchrun_launches_main_py_and_only_rank0_prints(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_runs_in_a_row_all_exit_0(dataset, tmp_path):
+def test_torchrun_exits_0_on_every_rank_without_an_abort(dataset, tmp_path):
     # Issue 22: now and then rank 1 aborted at exit ("terminate called without an active exception").
-    # Two launches here (with test_torchrun_launches_main_py_and_only_rank0_prints, three per suite);
-    # benchmarks/ddp_stress.py runs the same launch many times under load (30 of 30 ok).
-    for run in range(2):
+    # Every rank's own log is checked here; benchmarks/ddp_stress.py repeats the same launch many times
+    # under load (30 of 30 ok), which a suite that must stay fast cannot afford.
+    for run in range(1):
         outcome = launch(torchrun_command(dataset, tmp_path / f"runs{run}", tmp_path / f"logs{run}"),
                          TORCHRUN_TIMEOUT_S, log_dir=tmp_path / f"logs{run}")
         assert not success_problems(outcome), (run, success_problems(outcome), outcome.stderr[-3000:])
