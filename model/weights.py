@@ -78,15 +78,7 @@ def load_backbone(
         logger.warning("backbone: random %s weights (no checkpoint given)", backbone.mode.value)
         return backbone
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"backbone checkpoint {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
-        raise UserError(
-            f"backbone checkpoint {path} could not be read: it is truncated or not a PyTorch weights file "
-            f"({type(exc).__name__})"
-        ) from None
+    loaded = read_weights_file(path, "backbone checkpoint")
     state = backbone_state_dict(loaded, path)
     check_state_dict(backbone, state, path)
     backbone.load_state_dict(_with_default_counters(backbone, state), strict=True)
@@ -134,6 +126,20 @@ def _is_counter(key: str) -> bool:
 def _with_default_counters(backbone: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     expected = backbone.state_dict()
     return {**{k: v for k, v in expected.items() if _is_counter(k)}, **state}
+
+
+def read_weights_file(path: Path, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU; a missing or unreadable file is one
+    ``UserError`` line that calls the file ``what``."""
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
+        raise UserError(
+            f"{what} {path} could not be read: it is truncated or not a PyTorch weights file "
+            f"({type(exc).__name__})"
+        ) from None
 
 
 def _show(keys: list[str]) -> str:
@@ -283,13 +289,7 @@ def load_authors_state_dict(model: nn.Module, path: str | Path) -> None:
     if not isinstance(model, Abaw5Model):
         raise UserError(f"the authors' ABAW5 state dicts fit --model-name lfan or can, not a {type(model).__name__}")
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"authors' state dict {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means the file is not usable
-        raise UserError(f"authors' state dict {path} could not be read: it is truncated or not a PyTorch weights "
-                        f"file ({type(exc).__name__})") from None
+    loaded = read_weights_file(path, "authors' state dict")
     if not isinstance(loaded, Mapping):
         raise UserError(f"authors' state dict {path} holds a {type(loaded).__name__}, not a state dict")
     state = _unwrap(loaded)
